@@ -1,0 +1,69 @@
+"""Example handlers: a video pipeline and an image pipeline with simulated work.
+
+The work time is ``data["workMs"]`` or ``settings.FLOWSITE_EXAMPLE_WORK_MS``.
+Each handler reports progress and logs what it does, as a real one would.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+
+from jobs.handlers import JobContext, job_handler
+
+
+def _work(ctx: JobContext, steps: int = 4) -> None:
+    work_ms = ctx.data.get("workMs", settings.FLOWSITE_EXAMPLE_WORK_MS)
+    for step in range(1, steps + 1):
+        time.sleep(work_ms / 1000 / steps)
+        ctx.update_progress(round(100 * step / steps))
+
+
+@job_handler("download-video")
+def download_video(ctx: JobContext) -> dict:
+    url = ctx.data.get("url", "https://example.com/video.mp4")
+    ctx.log(f"Downloading {url}")
+    _work(ctx)
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "video.mp4"
+    return {"filePath": f"/tmp/flowsite/{ctx.flow_id}/{name}", "sizeBytes": 10_485_760}
+
+
+@job_handler("generate-thumbnail")
+def generate_thumbnail(ctx: JobContext) -> dict:
+    at = ctx.data.get("atSecond", 1)
+    ctx.log(f"Generating a thumbnail at {at}s")
+    _work(ctx)
+    return {"thumbnailPath": f"/tmp/flowsite/{ctx.flow_id}/thumbnail.jpg", "atSecond": at}
+
+
+@job_handler("watermark-video")
+def watermark_video(ctx: JobContext) -> dict:
+    source = ctx.children_values["download-video"]["filePath"]
+    thumbnail = ctx.children_values.get("generate-thumbnail", {}).get("thumbnailPath")
+    text = ctx.data.get("watermark", "Flowsite")
+    ctx.log(f"Watermarking {source} with {text!r}")
+    _work(ctx)
+    return {
+        "outputPath": source.replace(".mp4", "-watermarked.mp4"),
+        "watermark": text,
+        "thumbnailPath": thumbnail,
+    }
+
+
+@job_handler("resize-image")
+def resize_image(ctx: JobContext) -> dict:
+    width = int(ctx.data.get("width", 800))
+    ctx.log(f"Resizing {ctx.data.get('image', 'image.png')} to {width}px")
+    _work(ctx, steps=2)
+    return {"width": width, "path": f"/tmp/flowsite/{ctx.flow_id}/{width}.png"}
+
+
+@job_handler("publish-gallery")
+def publish_gallery(ctx: JobContext) -> dict:
+    resized = ctx.children_values.get("resize-image", [])
+    if isinstance(resized, dict):  # a single child of that name
+        resized = [resized]
+    sizes = sorted(value["width"] for value in resized)
+    _work(ctx, steps=1)
+    return {"published": True, "sizes": sizes}

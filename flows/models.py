@@ -1,0 +1,52 @@
+"""One row per flow: its definition (written once) and its overall outcome."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from jobs.vocabulary import FlowStatus
+
+
+def new_flow_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Flow(models.Model):
+    """A tree of jobs. Per-job state lives in ``jobs.Job``; this row changes rarely.
+
+    ``job_structure`` is the tree as submitted, every node annotated with its
+    ``jobId``. Progress is derived from the Job rows (see ``flows.selectors``),
+    so sibling jobs finishing together never queue behind this row's lock.
+    """
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_flow_id, editable=False)
+    flowname = models.CharField(max_length=200)
+    name = models.CharField(max_length=200)
+    queue_name = models.CharField(max_length=200)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="flows"
+    )
+    job_structure = models.JSONField(default=dict)
+    root_job_id = models.CharField(max_length=255, blank=True, default="")
+    status = models.CharField(max_length=20, choices=FlowStatus.choices, default=FlowStatus.PENDING)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    total_jobs = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "status"], name="flow_owner_status_idx"),
+            models.Index(fields=["flowname"], name="flow_flowname_idx"),
+            models.Index(fields=["created_at"], name="flow_created_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.flowname} ({self.id})"

@@ -1,0 +1,74 @@
+"""The state of every job, in a flow or standalone: the single source of truth."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from jobs.vocabulary import FailurePolicy, JobStatus
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Job(models.Model):
+    """One job. Its id is also the Celery task id, assigned before dispatch.
+
+    Hot state (``status``, ``pending_children``, ``attempts_made``) is only ever
+    changed by conditional ``UPDATE`` statements in ``jobs.services``: never by
+    read-modify-save, since many workers touch sibling rows at the same time.
+    """
+
+    id = models.CharField(primary_key=True, max_length=255, default=new_job_id, editable=False)
+    flow = models.ForeignKey(
+        "flows.Flow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    name = models.CharField(max_length=200)
+    queue_name = models.CharField(max_length=200)
+    data = models.JSONField(default=dict, blank=True)
+    opts = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.WAITING)
+    progress = models.JSONField(default=int, blank=True)
+    attempts_made = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    failure_policy = models.CharField(
+        max_length=24, choices=FailurePolicy.choices, default=FailurePolicy.FAIL_PARENT
+    )
+    position = models.PositiveIntegerField(default=0, help_text="Index among its siblings.")
+    child_count = models.PositiveIntegerField(default=0)
+    pending_children = models.PositiveIntegerField(default=0)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    error_type = models.CharField(max_length=200, blank=True, default="")
+    stacktrace = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["flow", "status"], name="job_flow_status_idx"),
+            models.Index(fields=["queue_name", "status"], name="job_queue_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id}) {self.status}"
+
+
+class JobLog(models.Model):
+    """A line a handler wrote with ``ctx.log()``."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="logs")
+    message = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.message[:80]

@@ -1,0 +1,147 @@
+"""Job options with their BullMQ names: validation and the values the engine uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from jobs.vocabulary import FailurePolicy
+
+BACKOFF_TYPES = ("fixed", "exponential")
+MAX_PRIORITY = 2_097_152  # BullMQ's upper bound
+# Celery's Redis transport has priorities 0 (first) to 9; BullMQ's 1..N collapse onto them.
+CELERY_PRIORITY_LEVELS = 10
+
+OPTION_KEYS = (
+    "attempts",
+    "backoff",
+    "delay",
+    "priority",
+    "timeout",
+    "failParentOnFailure",
+    "ignoreDependencyOnFailure",
+    "removeDependencyOnFailure",
+)
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    attempts: int = 1
+    backoff_type: str = "fixed"
+    backoff_delay_ms: int = 0
+    delay_ms: int = 0
+    priority: int = 0
+    timeout_ms: int | None = None
+    failure_policy: str = FailurePolicy.FAIL_PARENT
+
+    @classmethod
+    def from_stored(cls, opts: dict[str, Any]) -> JobOptions:
+        """Build options from a job's stored (already validated) ``opts``."""
+        options, _ = parse_job_options(opts or {}, path="opts")
+        return options
+
+    def backoff_ms(self, attempts_made: int) -> int:
+        """Return the wait before the next try, after ``attempts_made`` tries failed."""
+        if self.backoff_type == "exponential":
+            return self.backoff_delay_ms * 2 ** max(attempts_made - 1, 0)
+        return self.backoff_delay_ms
+
+    @property
+    def celery_priority(self) -> int | None:
+        if not self.priority:
+            return None
+        return min(self.priority, CELERY_PRIORITY_LEVELS - 1)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_option(opts: dict, key: str, path: str, errors: dict, *, minimum: int, maximum: int) -> int | None:
+    if key not in opts:
+        return None
+    value = opts[key]
+    if not _is_int(value):
+        errors.setdefault(f"{path}.{key}", []).append("Must be an integer.")
+        return None
+    if not minimum <= value <= maximum:
+        errors.setdefault(f"{path}.{key}", []).append(f"Must be between {minimum} and {maximum}.")
+        return None
+    return value
+
+
+def _bool_option(opts: dict, key: str, path: str, errors: dict, default: bool) -> bool:
+    value = opts.get(key, default)
+    if not isinstance(value, bool):
+        errors.setdefault(f"{path}.{key}", []).append("Must be true or false.")
+        return default
+    return value
+
+
+def _parse_backoff(value: Any, path: str, errors: dict) -> tuple[str, int]:
+    if _is_int(value):
+        if value < 0:
+            errors.setdefault(path, []).append("Must be a non-negative number of milliseconds.")
+            return "fixed", 0
+        return "fixed", value
+    if not isinstance(value, dict):
+        errors.setdefault(path, []).append(
+            "Must be a number of milliseconds or an object {type: fixed|exponential, delay: ms}."
+        )
+        return "fixed", 0
+    unknown = sorted(set(value) - {"type", "delay"})
+    if unknown:
+        errors.setdefault(path, []).append(f"Unknown keys: {', '.join(unknown)}. Allowed: type, delay.")
+    kind = value.get("type", "fixed")
+    if kind not in BACKOFF_TYPES:
+        errors.setdefault(f"{path}.type", []).append(f"Must be one of: {', '.join(BACKOFF_TYPES)}.")
+        kind = "fixed"
+    delay = value.get("delay", 0)
+    if not _is_int(delay) or delay < 0:
+        errors.setdefault(f"{path}.delay", []).append("Must be a non-negative integer (milliseconds).")
+        delay = 0
+    return kind, delay
+
+
+def parse_job_options(opts: Any, *, path: str) -> tuple[JobOptions, dict[str, list[str]]]:
+    """Validate a job's ``opts`` object; return the options and the errors by path."""
+    errors: dict[str, list[str]] = {}
+    if not isinstance(opts, dict):
+        return JobOptions(), {path: ["Must be an object."]}
+    unknown = sorted(set(opts) - set(OPTION_KEYS))
+    if unknown:
+        errors[path] = [f"Unknown options: {', '.join(unknown)}. Allowed: {', '.join(OPTION_KEYS)}."]
+    attempts = _int_option(opts, "attempts", path, errors, minimum=1, maximum=settings.FLOWSITE_MAX_ATTEMPTS)
+    delay = _int_option(opts, "delay", path, errors, minimum=0, maximum=365 * 24 * 3600 * 1000)
+    priority = _int_option(opts, "priority", path, errors, minimum=0, maximum=MAX_PRIORITY)
+    timeout = _int_option(opts, "timeout", path, errors, minimum=1, maximum=7 * 24 * 3600 * 1000)
+    backoff_type, backoff_delay = ("fixed", 0)
+    if "backoff" in opts:
+        backoff_type, backoff_delay = _parse_backoff(opts["backoff"], f"{path}.backoff", errors)
+    fail_parent = _bool_option(opts, "failParentOnFailure", path, errors, True)
+    ignore = _bool_option(opts, "ignoreDependencyOnFailure", path, errors, False)
+    remove = _bool_option(opts, "removeDependencyOnFailure", path, errors, False)
+    if ignore and remove:
+        errors.setdefault(path, []).append(
+            "ignoreDependencyOnFailure and removeDependencyOnFailure cannot both be true."
+        )
+    if remove:
+        policy = FailurePolicy.REMOVE
+    elif ignore:
+        policy = FailurePolicy.IGNORE
+    elif fail_parent:
+        policy = FailurePolicy.FAIL_PARENT
+    else:
+        policy = FailurePolicy.KEEP_PARENT_WAITING
+    options = JobOptions(
+        attempts=attempts or 1,
+        backoff_type=backoff_type,
+        backoff_delay_ms=backoff_delay,
+        delay_ms=delay or 0,
+        priority=priority or 0,
+        timeout_ms=timeout,
+        failure_policy=policy,
+    )
+    return options, errors

@@ -1,0 +1,97 @@
+"""The lifecycle of one job run: start, call the handler, record the outcome.
+
+Like NetBox's job wrapper, this is the single place that owns a run. Handlers
+never touch job rows themselves; every status change goes through
+``jobs.services``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from django.db import connections
+
+from jobs import services
+from jobs.exceptions import JobTimeoutError
+from jobs.handlers import JobContext, get_handler
+from jobs.options import JobOptions
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownHandler(LookupError):
+    """The job names a handler that this worker does not have."""
+
+
+def run_job(*, job_id: str) -> None:
+    """Run one job: ``active``, then ``completed``, ``delayed`` (retry) or ``failed``.
+
+    A job that cannot start (finished, running elsewhere, cancelled, gone)
+    is left alone: that is how duplicate deliveries become harmless.
+    """
+    job = services.job_start(job_id=job_id)
+    if job is None:
+        logger.info("Job %s is not startable; delivery ignored", job_id)
+        return
+    options = JobOptions.from_stored(job.opts)
+    try:
+        result = _call_handler(job, options)
+        json.dumps(result)
+    except Exception as exc:  # the handler's failure is the job's failure
+        retry = options.backoff_ms(job.attempts_made) if job.attempts_made < options.attempts else None
+        services.job_fail(job=job, exc=exc, retry_delay_ms=retry)
+        return
+    services.job_complete(job=job, result=result)
+
+
+def _call_handler(job: services.StartedJob, options: JobOptions) -> Any:
+    handler = get_handler(job.name)
+    if handler is None:
+        raise UnknownHandler(f"No handler registered for job {job.name!r} on this worker.")
+    values, failures = ({}, {})
+    if job.child_count:
+        values, failures = services.job_children_outcomes(job_id=job.id)
+    ctx = JobContext(
+        job_id=job.id,
+        name=job.name,
+        queue_name=job.queue_name,
+        data=job.data,
+        opts=job.opts,
+        flow_id=job.flow_id,
+        attempt=job.attempts_made,
+        children_values=values,
+        children_failures=failures,
+    )
+    if options.timeout_ms is None:
+        return handler(ctx)
+    return _call_with_timeout(handler, ctx, options.timeout_ms)
+
+
+def _call_with_timeout(handler, ctx: JobContext, timeout_ms: int) -> Any:
+    """Run the handler in a helper thread and give up after ``timeout_ms``.
+
+    Works the same in every worker pool (prefork, threads, solo). A handler that
+    overruns is abandoned: its thread runs on, but whatever it returns is
+    discarded and its job, no longer active, refuses its progress updates.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = handler(ctx)
+        except BaseException as exc:  # re-raised in the worker thread below
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, name=f"job-{ctx.job_id}", daemon=True)
+    thread.start()
+    thread.join(timeout_ms / 1000)
+    if thread.is_alive():
+        raise JobTimeoutError(f"Job timed out after {timeout_ms} ms")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")

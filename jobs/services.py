@@ -1,0 +1,357 @@
+"""Job state transitions: the only code that changes a job's status.
+
+Every transition is one conditional ``UPDATE ... WHERE status IN (allowed
+sources)`` whose row count (or ``RETURNING`` row) says whether it happened, so
+a re-delivered or duplicated task, or a job cancelled meanwhile, changes
+nothing. Fan-in is counted in the database: each parent holds
+``pending_children``; the child that brings it to zero moves the parent from
+``waiting-children`` to ``waiting`` and enqueues it after commit.
+
+Hot paths (start, complete) use hand-written SQL so that a job costs two
+statements, whatever the size of its flow.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from flows import engine
+from jobs.exceptions import FlowClosed, SpecValidationError
+from jobs.models import Job, JobLog
+from jobs.tasks import JobRef, enqueue_jobs
+from jobs.validation import validate_job_fields
+from jobs.vocabulary import (
+    IGNORED_FAILURE_POLICIES,
+    STARTABLE_JOB_STATUSES,
+    FailurePolicy,
+    JobStatus,
+)
+
+JOB_TABLE = Job._meta.db_table
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """What a worker needs of a job it has just made active."""
+
+    id: str
+    name: str
+    queue_name: str
+    data: dict[str, Any]
+    opts: dict[str, Any]
+    flow_id: str | None
+    parent_id: str | None
+    attempts_made: int
+    child_count: int
+    failure_policy: str
+
+
+def _load_json(value: Any) -> Any:
+    # Raw cursors hand JSON columns back as text on both SQLite and PostgreSQL.
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _json_placeholder() -> str:
+    return "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+
+
+def _fetch_one(sql: str, params: list[Any]) -> tuple | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def job_start(*, job_id: str) -> StartedJob | None:
+    """Move a job ``waiting|delayed -> active``, counting the attempt.
+
+    Returns ``None`` (and changes nothing) when the job is not startable: already
+    running or finished (a duplicated delivery), cancelled, or gone. Marks the
+    job's flow ``running`` the first time one of its jobs starts.
+    """
+    sources = sorted(STARTABLE_JOB_STATUSES)
+    row = _fetch_one(
+        f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
+        f"WHERE id = %s AND status IN ({', '.join(['%s'] * len(sources))}) "
+        "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy",
+        [JobStatus.ACTIVE, timezone.now(), job_id, *sources],
+    )
+    if row is None:
+        return None
+    job = StartedJob(
+        id=job_id,
+        name=row[0],
+        queue_name=row[1],
+        data=_load_json(row[2]) or {},
+        opts=_load_json(row[3]) or {},
+        flow_id=row[4],
+        parent_id=row[5],
+        attempts_made=row[6],
+        child_count=row[7],
+        failure_policy=row[8],
+    )
+    if job.flow_id:
+        engine.flow_mark_running(flow_id=job.flow_id)
+    return job
+
+
+def job_children_outcomes(*, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(children_values, children_failures)`` of a parent, keyed by job id and name."""
+    values: dict[str, Any] = {}
+    failures: dict[str, Any] = {}
+    rows = (
+        Job.objects.filter(parent_id=job_id)
+        .order_by("position")
+        .values_list("id", "name", "status", "result", "error", "error_type", "failure_policy")
+    )
+    for child_id, name, status, result, error, error_type, policy in rows:
+        if status == JobStatus.COMPLETED:
+            target, value = values, result
+        elif status == JobStatus.FAILED and policy == FailurePolicy.IGNORE:
+            target = failures
+            value = {"jobId": child_id, "name": name, "error": error, "errorType": error_type}
+        else:
+            continue
+        target[child_id] = value
+        if name in target:
+            previous = target[name]
+            target[name] = previous + [value] if isinstance(previous, _SameName) else _SameName([previous, value])
+        else:
+            target[name] = value
+    return _plain(values), _plain(failures)
+
+
+class _SameName(list):
+    """Marks a name shared by several children, so their values collect in a list."""
+
+
+def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, _SameName) else value for key, value in mapping.items()}
+
+
+def _release_parent(parent_id: str) -> JobRef | None:
+    """Count one finished child off its parent; return the parent if that was the last one.
+
+    One statement: ``pending_children - 1``, and ``waiting-children -> waiting``
+    when it reaches zero. Row locks (PostgreSQL) or the write lock (SQLite)
+    serialise concurrent siblings, so no decrement is ever lost.
+    """
+    row = _fetch_one(
+        f"UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
+        "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+        "WHERE id = %s AND status = %s AND pending_children > 0 "
+        "RETURNING status, queue_name, opts",
+        [JobStatus.WAITING, parent_id, JobStatus.WAITING_CHILDREN],
+    )
+    if row is None or row[0] != JobStatus.WAITING:
+        return None
+    return JobRef(id=parent_id, queue_name=row[1], opts=_load_json(row[2]) or {})
+
+
+def job_complete(*, job: StartedJob, result: Any) -> bool:
+    """Move a job ``active -> completed`` with its result, and release its parent.
+
+    Returns False if the job was no longer active (cancelled meanwhile, or a
+    duplicate delivery finished first): then nothing changes. The parent, when
+    this was its last pending child, is enqueued after commit; a job without a
+    parent settles its flow's final status.
+    """
+    now = timezone.now()
+    encoded = json.dumps(result)
+    ready: JobRef | None = None
+    if connection.vendor == "postgresql" and job.parent_id:
+        # One round trip: complete the job and count it off its parent in one statement.
+        row = _fetch_one(
+            f"WITH done AS (UPDATE {JOB_TABLE} SET status = %s, result = %s::jsonb, finished_at = %s "
+            "WHERE id = %s AND status = %s RETURNING id), "
+            f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
+            "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+            "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
+            "RETURNING status, queue_name, opts) "
+            "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
+            "(SELECT queue_name FROM parent), (SELECT opts FROM parent)",
+            [
+                JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
+                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN,
+            ],
+        )
+        if not row[0]:
+            return False
+        if row[1] == JobStatus.WAITING:
+            ready = JobRef(id=job.parent_id, queue_name=row[2], opts=_load_json(row[3]) or {})
+    else:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {JOB_TABLE} SET status = %s, result = {_json_placeholder()}, finished_at = %s "
+                    "WHERE id = %s AND status = %s",
+                    [JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE],
+                )
+                if cursor.rowcount != 1:
+                    return False
+            if job.parent_id:
+                ready = _release_parent(job.parent_id)
+    if ready is not None:
+        transaction.on_commit(lambda: enqueue_jobs([ready]))
+    elif job.parent_id is None and job.flow_id:
+        engine.flow_settle(flow_id=job.flow_id)
+    return True
+
+
+def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None) -> bool:
+    """Record a failed attempt: ``active -> delayed`` (retry) or ``active -> failed``.
+
+    ``retry_delay_ms`` is ``None`` when no attempt is left. A final failure then
+    applies the job's failure policy to its ancestors (see ``_propagate_failure``)
+    and fails the flow at once unless the failure is ignored. Returns False if
+    the job was no longer active.
+    """
+    message = str(exc) or type(exc).__name__
+    fields = {
+        "error": message,
+        "error_type": type(exc).__name__,
+        "stacktrace": "".join(traceback.format_exception(exc))[-20_000:],
+    }
+    active = Job.objects.filter(pk=job.id, status=JobStatus.ACTIVE)
+    if retry_delay_ms is not None:
+        if not active.update(status=JobStatus.DELAYED, **fields):
+            return False
+        ref = JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts)
+        transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=retry_delay_ms))
+        return True
+    with transaction.atomic():
+        if not active.update(status=JobStatus.FAILED, finished_at=timezone.now(), **fields):
+            return False
+        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}")
+    return True
+
+
+def _propagate_failure(*, job: StartedJob, error: str) -> None:
+    """Apply a final failure to the ancestors, walking up while parents fail too.
+
+    - ``fail-parent`` (default): the parent fails without running, and so on up;
+    - ``ignore`` / ``remove``: the parent is released as if the child had finished;
+    - ``keep-parent-waiting``: the parent stays in ``waiting-children``.
+    The flow fails at once unless the failure stopped at an ignoring policy.
+    """
+    child_id, child_name, parent_id, policy = job.id, job.name, job.parent_id, job.failure_policy
+    now = timezone.now()
+    while parent_id is not None:
+        if policy in IGNORED_FAILURE_POLICIES:
+            ready = _release_parent(parent_id)
+            if ready is not None:
+                transaction.on_commit(lambda: enqueue_jobs([ready]))
+            return
+        if policy != FailurePolicy.FAIL_PARENT:
+            break
+        row = _fetch_one(
+            f"UPDATE {JOB_TABLE} SET status = %s, error = %s, error_type = %s, finished_at = %s "
+            "WHERE id = %s AND status = %s RETURNING id, name, parent_id, failure_policy",
+            [
+                JobStatus.FAILED, f"Child job {child_name} ({child_id}) failed: {error}", "ChildFailed",
+                now, parent_id, JobStatus.WAITING_CHILDREN,
+            ],
+        )
+        if row is None:
+            break
+        child_id, child_name, parent_id, policy = row
+    if job.flow_id:
+        engine.flow_fail(flow_id=job.flow_id, error=f"Job {job.name} ({job.id}) failed: {error}")
+
+
+def job_update_progress(*, job_id: str, progress: Any) -> bool:
+    """Set an active job's progress (a number or a JSON object)."""
+    json.dumps(progress)
+    return bool(Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).update(progress=progress))
+
+
+def job_log(*, job_id: str, message: str) -> None:
+    """Append one line to a job's log."""
+    JobLog.objects.create(job_id=job_id, message=message)
+
+
+def flow_metadata(*, flow_id: str, flowname: str, root_job_id: str, parent_job_id: str | None) -> dict:
+    """Return the ``_flowMetadata`` object injected into every job's data."""
+    return {"flowId": flow_id, "flowname": flowname, "rootJobId": root_job_id, "parentJobId": parent_job_id}
+
+
+def job_submit(
+    *,
+    name: str,
+    queue_name: str,
+    data: dict[str, Any] | None = None,
+    opts: dict[str, Any] | None = None,
+    flow_id: str | None = None,
+) -> Job:
+    """Submit one job on any allowed queue; enqueue it after commit.
+
+    With a ``flow_id`` (or a ``flowId`` in ``data``) the job is attached to that
+    flow: it carries the flow's ``flowId`` and ``_flowMetadata``, counts in its
+    progress, and the flow finishes only after it. Raises ``SpecValidationError``
+    for bad input and ``FlowClosed`` if the flow has already finished.
+    """
+    from flows.models import Flow
+
+    node = {"name": name, "queueName": queue_name, "data": data or {}, "opts": opts or {}}
+    errors: dict[str, list[str]] = {}
+    name, queue_name, data, opts, options = validate_job_fields(node, "", errors)
+    flow_id = flow_id or data.get("flowId")
+    if flow_id is not None and not isinstance(flow_id, str):
+        errors.setdefault("flowId", []).append("Must be a string.")
+    if errors:
+        raise SpecValidationError("Invalid job.", errors)
+    with transaction.atomic():
+        flow = None
+        if flow_id:
+            flow = Flow.objects.filter(pk=flow_id).first()
+            if flow is None:
+                raise SpecValidationError("Invalid job.", {"flowId": [f"Unknown flow {flow_id!r}."]})
+            if not engine.flow_is_open(flow.status):
+                raise FlowClosed(f"Flow {flow_id} is {flow.status}: it accepts no more jobs.")
+            data = {
+                **data,
+                "flowId": flow.id,
+                "_flowMetadata": flow_metadata(
+                    flow_id=flow.id, flowname=flow.flowname, root_job_id=flow.root_job_id, parent_job_id=None
+                ),
+            }
+        job = Job.objects.create(
+            flow=flow,
+            name=name,
+            queue_name=queue_name,
+            data=data,
+            opts=opts,
+            status=JobStatus.DELAYED if options.delay_ms else JobStatus.WAITING,
+            max_attempts=options.attempts,
+            failure_policy=options.failure_policy,
+        )
+        if flow is not None:
+            Flow.objects.filter(pk=flow.pk).update(total_jobs=F("total_jobs") + 1)
+        ref = JobRef(id=job.id, queue_name=job.queue_name, opts=opts)
+        transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=options.delay_ms))
+    return job
+
+
+def jobs_requeue_interrupted() -> int:
+    """Re-enqueue jobs left unfinished by a stopped embedded server; return how many.
+
+    Only for embedded mode, where the worker lived in the stopped process: its
+    ``active`` jobs go back to ``waiting``. Waiting and delayed jobs keep their
+    messages in the on-disk broker and are not enqueued twice.
+    """
+    with transaction.atomic():
+        interrupted = list(
+            Job.objects.filter(status=JobStatus.ACTIVE).values_list("id", "queue_name", "opts")
+        )
+        Job.objects.filter(pk__in=[row[0] for row in interrupted], status=JobStatus.ACTIVE).update(
+            status=JobStatus.WAITING
+        )
+        refs = [JobRef(id=i, queue_name=q, opts=o) for i, q, o in interrupted]
+        transaction.on_commit(lambda: enqueue_jobs(refs))
+    return len(refs)

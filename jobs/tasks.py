@@ -1,0 +1,62 @@
+"""The one Celery task that runs every job, and the helper that publishes it.
+
+The task is a thin adapter: it takes a job id and hands it to
+``jobs.runner.run_job``, which owns the start -> run -> finish lifecycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import shared_task
+
+from flowsite.celery import app
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Enough of a job to publish it: id (= Celery task id), queue and options."""
+
+    id: str
+    queue_name: str
+    opts: dict[str, Any]
+
+
+@shared_task(name="jobs.run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run(job_id: str) -> None:
+    """Run the job ``job_id`` (delivered at least once; duplicates change nothing)."""
+    from jobs.runner import run_job
+
+    run_job(job_id=job_id)
+
+
+def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> None:
+    """Publish one ``jobs.run`` message per job, on the job's own queue, over one connection.
+
+    Call it from ``transaction.on_commit`` only, so a worker never looks for a row
+    that is not committed yet. ``delay_ms`` overrides the jobs' ``delay`` option
+    (retries use it for their backoff).
+    """
+    from jobs.options import JobOptions
+
+    with app.producer_or_acquire() as producer:
+        for ref in refs:
+            options = JobOptions.from_stored(ref.opts)
+            delay = options.delay_ms if delay_ms is None else delay_ms
+            run.apply_async(
+                (ref.id,),
+                task_id=ref.id,
+                queue=ref.queue_name,
+                routing_key=ref.queue_name,
+                priority=options.celery_priority,
+                countdown=delay / 1000 if delay else None,
+                producer=producer,
+            )
+
+
+def revoke_jobs(job_ids: list[str]) -> None:
+    """Ask every worker to drop these jobs' messages (best effort; the database guard is the rule)."""
+    if job_ids and app.conf.worker_enable_remote_control:
+        app.control.revoke(job_ids)

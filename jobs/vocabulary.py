@@ -1,0 +1,101 @@
+"""Every word of Flowsite's public contract, defined once.
+
+Job and flow statuses, the job state machine, failure policies, webhook event
+types and websocket event names. Models, validation, filters, OpenAPI enums,
+the admin and the tests import them from here; nothing else spells them out.
+This module imports nothing from other apps.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class JobStatus(models.TextChoices):
+    """BullMQ's job states, plus ``cancelled`` for jobs stopped by a user."""
+
+    WAITING = "waiting"
+    WAITING_CHILDREN = "waiting-children"
+    DELAYED = "delayed"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"
+    STUCK = "stuck"
+    CANCELLED = "cancelled"
+
+
+class FlowStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FailurePolicy(models.TextChoices):
+    """What a job's final failure does to its parent (from its BullMQ options)."""
+
+    FAIL_PARENT = "fail-parent", "failParentOnFailure (default)"
+    IGNORE = "ignore", "ignoreDependencyOnFailure"
+    REMOVE = "remove", "removeDependencyOnFailure"
+    KEEP_PARENT_WAITING = "keep-parent-waiting", "failParentOnFailure: false"
+
+
+class WebhookEvent(models.TextChoices):
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DELTA = "delta"
+    ALL = "all"
+
+
+class FlowEvent(models.TextChoices):
+    """Websocket event names of the legacy Socket.IO contract."""
+
+    CREATED = "flow:created"
+    UPDATED = "flow:updated"
+    COMPLETED = "flow:completed"
+    FAILED = "flow:failed"
+    CANCELLED = "flow:cancelled"
+    DELETED = "flow:deleted"
+    JOB_UPDATED = "flow:job:updated"
+    JOB_PROGRESS = "flow:job:progress"
+
+
+TERMINAL_JOB_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+UNFINISHED_JOB_STATUSES = frozenset(set(JobStatus) - TERMINAL_JOB_STATUSES)
+# States from which a worker may pick a job up and make it active.
+STARTABLE_JOB_STATUSES = frozenset({JobStatus.WAITING, JobStatus.DELAYED})
+# States that have not started yet: a flow whose jobs are all here is still pending.
+NOT_STARTED_JOB_STATUSES = frozenset(
+    {JobStatus.WAITING, JobStatus.WAITING_CHILDREN, JobStatus.DELAYED, JobStatus.PAUSED}
+)
+FINAL_FLOW_STATUSES = frozenset({FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED})
+OPEN_FLOW_STATUSES = frozenset(set(FlowStatus) - FINAL_FLOW_STATUSES)
+# A failed child with one of these policies does not fail its parent or its flow.
+IGNORED_FAILURE_POLICIES = frozenset({FailurePolicy.IGNORE, FailurePolicy.REMOVE})
+
+# The job state machine: every status change anywhere goes through one of these edges.
+JOB_TRANSITIONS: dict[str, frozenset[str]] = {
+    JobStatus.WAITING: frozenset(
+        {JobStatus.ACTIVE, JobStatus.PAUSED, JobStatus.DELAYED, JobStatus.CANCELLED}
+    ),
+    JobStatus.WAITING_CHILDREN: frozenset(
+        {JobStatus.WAITING, JobStatus.FAILED, JobStatus.CANCELLED}
+    ),
+    JobStatus.DELAYED: frozenset({JobStatus.ACTIVE, JobStatus.WAITING, JobStatus.CANCELLED}),
+    JobStatus.ACTIVE: frozenset(
+        {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELAYED, JobStatus.STUCK, JobStatus.CANCELLED}
+    ),
+    JobStatus.PAUSED: frozenset({JobStatus.WAITING, JobStatus.CANCELLED}),
+    JobStatus.STUCK: frozenset({JobStatus.WAITING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.COMPLETED: frozenset(),
+    JobStatus.FAILED: frozenset({JobStatus.WAITING, JobStatus.WAITING_CHILDREN}),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: str) -> frozenset[str]:
+    """Return the statuses from which a job may move to ``target``."""
+    return frozenset(src for src, targets in JOB_TRANSITIONS.items() if target in targets)
