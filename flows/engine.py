@@ -15,6 +15,7 @@ never once per job, so thousands of siblings never queue behind its lock.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -83,9 +84,12 @@ def plan_flow(*, flow_id: str, flowname: str, root: JobSpec) -> FlowPlan:
     jobs: list[Job] = []
     leaves: list[Job] = []
     structure: dict[str, Any] = {}
-    queue: list[tuple[JobSpec, str, str | None, int, dict[str, Any]]] = [(root, root_id, None, 0, structure)]
+    # Breadth-first: parents precede their children, siblings keep their order.
+    queue: deque[tuple[JobSpec, str, str | None, int, dict[str, Any]]] = deque(
+        [(root, root_id, None, 0, structure)]
+    )
     while queue:
-        spec, job_id, parent_id, position, node = queue.pop()
+        spec, job_id, parent_id, position, node = queue.popleft()
         data = {
             **spec.data,
             "flowId": flow_id,

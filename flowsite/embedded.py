@@ -58,5 +58,5 @@ def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int |
     thread.start()
     if not controller.ready.wait(30):
         raise RuntimeError("The embedded Celery worker did not start within 30 s")
-    logger.info("Embedded worker consuming %s", ", ".join(queues))
+    logger.debug("Embedded worker consuming %s", ", ".join(queues))
     return EmbeddedWorker(controller=controller, thread=thread)

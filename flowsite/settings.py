@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import environ
@@ -141,6 +142,10 @@ TEMPLATES = [
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+# WhiteNoise serves files with synchronous iterators, which Django's ASGI handler
+# accepts (with this warning) by buffering them: harmless for the admin's assets.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -193,7 +198,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("FLOWSITE_MAX_BODY_BYTES", 2_621_440, mini
 # ------------------------------------------------------------------------------
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
-CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4, minimum=1)
+# One message per worker process at a time: long jobs never wait behind a busy process.
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 1, minimum=1)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_RESULT_EXPIRES = 7 * 24 * 3600

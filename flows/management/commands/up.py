@@ -1,0 +1,66 @@
+"""Start the whole system: migrations, an admin user, the worker and the web server."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+ADMIN_PASSWORD_FILE = "admin-password"
+
+
+class Command(BaseCommand):
+    help = (
+        "Run Flowsite: apply migrations, create the admin user if missing (and print its "
+        "credentials), start the embedded worker (embedded mode) and serve on HOST:PORT."
+    )
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--admin-user", default="admin", help="Username of the admin to create if missing.")
+        parser.add_argument(
+            "--no-worker", action="store_true", help="Do not run a worker in this process."
+        )
+
+    def handle(self, *args, host: str, port: int, admin_user: str, no_worker: bool, **options) -> None:
+        import uvicorn
+
+        call_command("migrate", interactive=False, verbosity=0)
+        self._ensure_admin(admin_user)
+        worker = None
+        if settings.EMBEDDED and not no_worker:
+            from flowsite.embedded import start_embedded_worker
+            from jobs.services import jobs_requeue_interrupted
+
+            requeued = jobs_requeue_interrupted()
+            if requeued:
+                self.stdout.write(f"Re-queued {requeued} job(s) interrupted by the last shutdown.")
+            worker = start_embedded_worker()
+            self.stdout.write(f"Worker running in-process on queues: {', '.join(settings.FLOWSITE_QUEUES)}")
+        mode = "embedded (SQLite, on-disk broker)" if settings.EMBEDDED else "service (PostgreSQL/Redis)"
+        self.stdout.write(self.style.SUCCESS(f"Flowsite ({mode}) at http://{host}:{port}/admin/"), ending="\n")
+        self.stdout.flush()
+        try:
+            uvicorn.run("flowsite.asgi:application", host=host, port=port, log_level="warning", lifespan="off")
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    def _ensure_admin(self, username: str) -> None:
+        user_model = get_user_model()
+        password_file = settings.DATA_DIR / ADMIN_PASSWORD_FILE
+        if not user_model.objects.filter(username=username).exists():
+            password = secrets.token_urlsafe(12)
+            user_model.objects.create_superuser(username=username, email="", password=password)
+            settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
+            password_file.write_text(password)
+            password_file.chmod(0o600)
+            self.stdout.write(self.style.SUCCESS(f"Created admin user {username!r} with password {password!r}"))
+        elif password_file.exists():
+            self.stdout.write(f"Admin user {username!r}, password {password_file.read_text().strip()!r}")
+        else:
+            self.stdout.write(f"Admin user {username!r} exists (password unchanged).")

@@ -1,0 +1,100 @@
+"""Test set-up: real PostgreSQL, real Redis and real Celery worker processes.
+
+The suite runs in service mode; its environment defaults are in pytest.ini
+(pytest-env), so they apply before Django reads its settings.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_QUEUES = os.environ.get("FLOWSITE_QUEUES", "default,video,image,alt")
+
+
+def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"Timed out after {timeout}s waiting for {message}")
+
+
+def wait_for_flow(flow, *, timeout: float = 60.0):
+    """Wait until the flow reaches a final status; return it refreshed."""
+    from jobs.vocabulary import FINAL_FLOW_STATUSES
+
+    def done():
+        flow.refresh_from_db()
+        return flow.status in FINAL_FLOW_STATUSES
+
+    wait_for(done, timeout=timeout, message=f"flow {flow.pk} to finish")
+    return flow
+
+
+@pytest.fixture(scope="session")
+def celery_workers(django_db_setup, django_db_blocker):
+    """Two real ``celery worker`` processes (prefork, 2 children each) on the test database."""
+    from django.conf import settings
+    from django.db import connection
+
+    from flowsite.celery import app
+
+    name = connection.settings_dict["NAME"]
+    url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + name
+    env = {**os.environ, "DATABASE_URL": url}
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.flushdb()  # no stale messages from an earlier run
+    processes = []
+    logs = []
+    for index in range(2):
+        log = open(settings.DATA_DIR / f"test-worker{index}.log", "w")
+        logs.append(log)
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "celery", "-A", "flowsite", "worker",
+                    "-Q", TEST_QUEUES, "-c", "2", "-P", "prefork", "-l", "warning",
+                    "-n", f"test{index}@%h", "--without-mingle", "--without-gossip",
+                ],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        )
+    names = {f"test{index}@" for index in range(2)}
+
+    def all_up():
+        replies = app.control.ping(timeout=0.5) or []
+        up = {next(iter(reply)).split("@")[0] + "@" for reply in replies}
+        return names <= up
+
+    wait_for(all_up, timeout=60, interval=0.2, message="the Celery workers to start")
+    yield processes
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for log in logs:
+        log.close()
+
+
+@pytest.fixture
+def engine_db(transactional_db, celery_workers):
+    """Committed data (the workers are other processes) and running workers."""
+    return celery_workers
+
+
+@pytest.fixture
+def user(django_user_model):
+    return django_user_model.objects.create_user(username="alice", password="pw-alice-123")

@@ -1,0 +1,76 @@
+"""Handlers used by the test suite (loaded through FLOWSITE_HANDLER_MODULES)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from jobs.handlers import JobContext, job_handler
+
+
+def _user_data(ctx: JobContext) -> dict:
+    return {k: v for k, v in ctx.data.items() if k not in ("flowId", "_flowMetadata")}
+
+
+@job_handler("test-value")
+def value(ctx: JobContext):
+    return ctx.data.get("value")
+
+
+@job_handler("test-sum")
+def add(ctx: JobContext):
+    """Add ``data.value`` (default 0) and every child's numeric value."""
+    total = ctx.data.get("value", 0)
+    seen = set()
+    for key, child in ctx.children_values.items():
+        if len(key) == 32 and key not in seen:  # job ids only: each child once
+            seen.add(key)
+            total += child
+    return total
+
+
+@job_handler("test-echo")
+def echo(ctx: JobContext):
+    return {
+        "data": _user_data(ctx),
+        "flowId": ctx.flow_id,
+        "jobId": ctx.job_id,
+        "metadata": ctx.data.get("_flowMetadata"),
+        "childrenValues": ctx.children_values,
+        "childrenFailures": ctx.children_failures,
+    }
+
+
+@job_handler("test-sleep")
+def sleep(ctx: JobContext):
+    start = time.time()
+    ctx.log(f"start {start}")
+    time.sleep(ctx.data.get("ms", 100) / 1000)
+    end = time.time()
+    ctx.log(f"end {end}")
+    return {"start": start, "end": end, "pid": os.getpid()}
+
+
+@job_handler("test-fail")
+def fail(ctx: JobContext):
+    ctx.log(f"attempt {ctx.attempt} at {time.time()}")
+    raise ValueError(ctx.data.get("message", "boom"))
+
+
+@job_handler("test-flaky")
+def flaky(ctx: JobContext):
+    ctx.log(f"attempt {ctx.attempt} at {time.time()}")
+    if ctx.attempt < ctx.data["succeedOnAttempt"]:
+        raise RuntimeError(f"failing attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@job_handler("test-submit")
+def submit(ctx: JobContext):
+    job_id = ctx.submit("test-sleep", queue_name="alt", data={"ms": ctx.data.get("ms", 300)})
+    return {"submitted": job_id}
+
+
+@job_handler("test-unserialisable")
+def unserialisable(ctx: JobContext):
+    return {"when": object()}
