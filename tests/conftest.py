@@ -41,6 +41,26 @@ def wait_for_flow(flow, *, timeout: float = 60.0):
     return flow
 
 
+def service_env(database_name: str) -> dict[str, str]:
+    """The environment of a process that must use the test database (workers, commands)."""
+    url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + database_name
+    return {**os.environ, "DATABASE_URL": url}
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``manage.py`` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def command_env(engine_db):
+    from django.db import connection
+
+    return service_env(connection.settings_dict["NAME"])
+
+
 @pytest.fixture(scope="session")
 def celery_workers(django_db_setup, django_db_blocker):
     """Two real ``celery worker`` processes (prefork, 2 children each) on the test database."""
@@ -49,9 +69,7 @@ def celery_workers(django_db_setup, django_db_blocker):
 
     from flowsite.celery import app
 
-    name = connection.settings_dict["NAME"]
-    url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + name
-    env = {**os.environ, "DATABASE_URL": url}
+    env = service_env(connection.settings_dict["NAME"])
     with app.connection_for_write() as conn:
         conn.default_channel.client.flushdb()  # no stale messages from an earlier run
     processes = []

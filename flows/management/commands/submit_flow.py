@@ -97,6 +97,9 @@ class Command(BaseCommand):
                     continue
                 seen[job_id] = (status, attempts)
                 arrow = f"{before[0]} -> {status}" if before else status
+                if before and attempts > before[1] and status != "active" and before[0] != "active":
+                    # It ran between two polls: a job only finishes through ``active``.
+                    arrow = f"{before[0]} -> active -> {status}"
                 line = f"{time.monotonic() - started:8.2f}s  {name} ({job_id[:8]})  {arrow}"
                 if attempts > 1 and status == "active":
                     line += f" (attempt {attempts})"
@@ -109,7 +112,7 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"Flow {flow.pk} is still {flow.status} after {timeout:g}s.", returncode=EXIT_TIMEOUT
                 )
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _report(self, flow: Flow) -> None:
         took = ""

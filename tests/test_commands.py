@@ -1,0 +1,86 @@
+"""submit_flow and flow_status, run as a user runs them, against the real workers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.models import Flow
+from jobs.vocabulary import FlowStatus
+from tests.conftest import ROOT, manage
+
+
+@pytest.fixture
+def alice(django_user_model):
+    return django_user_model.objects.create_user(username="alice")
+
+
+def test_submit_flow_wait_prints_transitions_and_the_result(command_env, alice):
+    result = manage("submit_flow", "examples/video-flow.json", "--owner", "alice", "--wait", env=command_env)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    flow = Flow.objects.get(pk=lines[0])
+    assert flow.status == FlowStatus.COMPLETED and flow.owner == alice
+    output = result.stdout
+    for name in ("download-video", "generate-thumbnail", "watermark-video"):
+        assert any(name in line and "active -> completed" in line for line in lines), name
+    assert any("watermark-video" in line and "waiting-children -> " in line for line in lines)
+    assert f"Flow {flow.pk} completed" in output
+    printed = json.loads(output.split("Result: ", 1)[1])
+    assert printed == flow.result and printed["watermark"] == "Flowsite"
+
+
+def test_submit_flow_exits_1_when_the_flow_fails(command_env, alice, tmp_path):
+    spec = tmp_path / "failing.json"
+    spec.write_text(json.dumps({
+        "flowname": "doomed", "name": "test-echo", "queueName": "default",
+        "children": [{"name": "test-fail", "queueName": "default", "data": {"message": "no disk"}}],
+    }))
+
+    result = manage("submit_flow", str(spec), "--owner", "alice", "--wait", env=command_env)
+
+    assert result.returncode == 1
+    assert "failed" in result.stdout and "no disk" in result.stdout
+
+
+def test_submit_flow_reports_every_validation_error_and_exits_2(command_env, alice, tmp_path):
+    spec = tmp_path / "bad.json"
+    spec.write_text(json.dumps({"flowname": "bad", "name": "x", "queueName": "nowhere", "children": [{}]}))
+
+    result = manage("submit_flow", str(spec), "--owner", "alice", env=command_env)
+
+    assert result.returncode == 2
+    assert "queueName: Unknown queue 'nowhere'" in result.stderr
+    assert "children[0].name: This field is required" in result.stderr
+    assert not Flow.objects.exists()
+
+
+def test_submit_flow_explains_invalid_json_and_unknown_owner(command_env, alice, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"flowname": "x",\n "name": }')
+
+    result = manage("submit_flow", str(broken), "--owner", "alice", env=command_env)
+    assert result.returncode == 2
+    assert "is not valid JSON: Expecting value at line 2, column 10" in result.stderr
+
+    result = manage("submit_flow", "examples/video-flow.json", "--owner", "nobody", env=command_env)
+    assert result.returncode == 1
+    assert "User 'nobody' does not exist" in result.stderr
+
+
+def test_flow_status_prints_the_job_tree(command_env, alice):
+    submitted = manage("submit_flow", "examples/image-flow.json", "--owner", "alice", "--wait", env=command_env)
+    flow_id = submitted.stdout.splitlines()[0]
+
+    result = manage("flow_status", flow_id, env=command_env)
+
+    assert result.returncode == 0, result.stderr
+    assert "status:    completed" in result.stdout
+    assert "└── publish-gallery [image] completed" in result.stdout
+    assert result.stdout.count("resize-image [image] completed") == 3
+    as_json = json.loads(manage("flow_status", flow_id, "--json", env=command_env).stdout)
+    assert as_json["result"] == {"published": True, "sizes": [320, 1024, 2048]}
+    assert as_json["progress"]["completed"] == 4
+    assert manage("flow_status", "nope", env=command_env).returncode == 1

@@ -1,0 +1,109 @@
+"""The job state machine and the cost of each transition (no workers: services called directly)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connection, connections
+from django.test.utils import CaptureQueriesContext
+
+from flows.services import flow_create
+from jobs.models import Job
+from jobs.services import job_complete, job_fail, job_start
+from jobs.vocabulary import JOB_TRANSITIONS, TERMINAL_JOB_STATUSES, FlowStatus, JobStatus, sources_of
+
+
+def spec(children: int) -> dict:
+    return {
+        "flowname": "t",
+        "name": "test-sum",
+        "queueName": "default",
+        "children": [{"name": "test-value", "queueName": "default"} for _ in range(children)],
+    }
+
+
+def test_completed_and_cancelled_are_final_in_the_state_machine():
+    assert JOB_TRANSITIONS[JobStatus.COMPLETED] == frozenset()
+    assert JOB_TRANSITIONS[JobStatus.CANCELLED] == frozenset()
+    assert JobStatus.COMPLETED not in sources_of(JobStatus.ACTIVE)
+    assert set(JOB_TRANSITIONS) == set(JobStatus)
+    assert TERMINAL_JOB_STATUSES <= set(JobStatus)
+
+
+@pytest.mark.django_db
+def test_a_finished_job_cannot_start_again(user):
+    flow = flow_create(owner=user, spec=spec(1))
+    child = Job.objects.get(flow=flow, parent__isnull=False)
+
+    started = job_start(job_id=child.id)
+    assert job_complete(job=started, result=1)
+
+    assert job_start(job_id=child.id) is None
+    assert not job_complete(job=started, result=2)
+    assert not job_fail(job=started, exc=ValueError("late"), retry_delay_ms=None)
+    child.refresh_from_db()
+    assert (child.status, child.result, child.attempts_made) == (JobStatus.COMPLETED, 1, 1)
+
+
+@pytest.mark.django_db
+def test_a_parent_cannot_start_while_it_waits_for_children(user):
+    flow = flow_create(owner=user, spec=spec(2))
+
+    assert job_start(job_id=flow.root_job_id) is None
+    assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.WAITING_CHILDREN
+
+
+@pytest.mark.django_db
+def test_the_last_child_releases_its_parent(user):
+    flow = flow_create(owner=user, spec=spec(2))
+    first, second = Job.objects.filter(flow=flow, parent__isnull=False)
+
+    job_complete(job=job_start(job_id=first.id), result=1)
+    assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.WAITING_CHILDREN
+    job_complete(job=job_start(job_id=second.id), result=1)
+
+    root = Job.objects.get(pk=flow.root_job_id)
+    assert (root.status, root.pending_children) == (JobStatus.WAITING, 0)
+    flow.refresh_from_db()
+    assert flow.status == FlowStatus.RUNNING
+
+
+@pytest.mark.django_db
+def test_starting_and_completing_a_job_costs_one_statement_each(user):
+    flow = flow_create(owner=user, spec=spec(3))
+    first, second, _ = Job.objects.filter(flow=flow, parent__isnull=False)
+    job_complete(job=job_start(job_id=first.id), result=1)  # the flow is now known to be running
+
+    with CaptureQueriesContext(connection) as start_queries:
+        started = job_start(job_id=second.id)
+    with CaptureQueriesContext(connection) as complete_queries:
+        job_complete(job=started, result=1)
+
+    assert len(start_queries) == 1
+    # Inside the test transaction: the savepoint pair plus one statement that completes
+    # the job and counts it off its parent.
+    statements = [q["sql"] for q in complete_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_siblings_completing_concurrently_lose_no_decrement(user):
+    flow = flow_create(owner=user, spec=spec(200))
+    children = list(Job.objects.filter(flow=flow, parent__isnull=False).values_list("id", flat=True))
+
+    def run(job_id: str) -> bool:
+        try:
+            return job_complete(job=job_start(job_id=job_id), result=1)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(run, children))
+
+    assert all(outcomes)
+    root = Job.objects.get(pk=flow.root_job_id)
+    assert root.pending_children == 0
+    # Released exactly once (a worker of the session may already have picked it up).
+    assert root.status != JobStatus.WAITING_CHILDREN and root.attempts_made <= 1
+    assert Job.objects.filter(flow=flow, status=JobStatus.COMPLETED).count() == 200

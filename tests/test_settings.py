@@ -1,0 +1,58 @@
+"""Settings come from the environment, strictly, with safe defaults."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+CHECK = "import django; django.setup(); from django.conf import settings as s; print(s.DEBUG, s.EMBEDDED, s.DATABASES['default']['ENGINE'])"
+
+
+def load_settings(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")}
+    clean.update({"DJANGO_SETTINGS_MODULE": "flowsite.settings", "FLOWSITE_DATA_DIR": str(tmp_path), **env})
+    return subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=clean, capture_output=True, text=True)
+
+
+def test_with_nothing_set_it_runs_embedded_on_sqlite_with_a_generated_key(tmp_path):
+    result = load_settings(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True", "django.db.backends.sqlite3"]
+    key_file = tmp_path / "secret_key"
+    assert len(key_file.read_text()) >= 50
+    assert oct(key_file.stat().st_mode)[-3:] == "600"
+
+
+def test_service_mode_refuses_to_start_without_a_secret_key(tmp_path):
+    result = load_settings(tmp_path, DATABASE_URL="postgres://postgres@127.0.0.1/x", REDIS_URL="redis://127.0.0.1")
+
+    assert result.returncode != 0
+    assert "SECRET_KEY (or SECRET_KEY_FILE) must be set" in result.stderr
+
+
+def test_service_mode_reads_the_secret_from_a_file(tmp_path):
+    secret = tmp_path / "key"
+    secret.write_text("from-a-file-0123456789")
+    result = load_settings(
+        tmp_path, DATABASE_URL="postgres://postgres@127.0.0.1/x", REDIS_URL="redis://127.0.0.1", SECRET_KEY_FILE=str(secret)
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "django.db.backends.postgresql"]
+
+
+def test_a_boolean_that_is_not_true_or_false_is_an_error(tmp_path):
+    result = load_settings(tmp_path, DEBUG="yes")
+
+    assert result.returncode != 0
+    assert "DEBUG must be True or False, got 'yes'" in result.stderr
+
+
+def test_a_limit_that_is_not_a_number_is_an_error(tmp_path):
+    result = load_settings(tmp_path, FLOWSITE_MAX_FLOW_JOBS="lots")
+
+    assert "FLOWSITE_MAX_FLOW_JOBS must be an integer, got 'lots'" in result.stderr
