@@ -15,7 +15,7 @@ from flows.models import Flow
 from flows.services import flow_create
 from jobs.exceptions import SpecValidationError
 from jobs.models import Job
-from jobs.vocabulary import FINAL_FLOW_STATUSES, FlowStatus
+from jobs.vocabulary import FINAL_FLOW_STATUSES, FlowStatus, JobStatus
 
 EXIT_INVALID = 2
 EXIT_TIMEOUT = 3
@@ -97,13 +97,13 @@ class Command(BaseCommand):
                     continue
                 seen[job_id] = (status, attempts)
                 arrow = f"{before[0]} -> {status}" if before else status
-                if before and attempts > before[1] and status != "active" and before[0] != "active":
+                if before and attempts > before[1] and JobStatus.ACTIVE not in (status, before[0]):
                     # It ran between two polls: a job only finishes through ``active``.
-                    arrow = f"{before[0]} -> active -> {status}"
+                    arrow = f"{before[0]} -> {JobStatus.ACTIVE} -> {status}"
                 line = f"{time.monotonic() - started:8.2f}s  {name} ({job_id[:8]})  {arrow}"
-                if attempts > 1 and status == "active":
+                if attempts > 1 and status == JobStatus.ACTIVE:
                     line += f" (attempt {attempts})"
-                if error and status in ("failed", "delayed"):
+                if error and status in (JobStatus.FAILED, JobStatus.DELAYED):
                     line += f"  {error}"
                 self.stdout.write(line)
             if flow.status in FINAL_FLOW_STATUSES:
