@@ -74,7 +74,7 @@ class FlowPlan:
     leaves: list[Job]
 
 
-def plan_flow(*, flow_id: str, flowname: str, root: JobSpec) -> FlowPlan:
+def plan_flow(*, flow_id: str, flowname: str, owner_id: int, root: JobSpec) -> FlowPlan:
     """Assign job ids and build the Job rows (parents first) and the annotated structure.
 
     Every job's data gets ``flowId`` and ``_flowMetadata``. Iterative, so depth
@@ -109,6 +109,7 @@ def plan_flow(*, flow_id: str, flowname: str, root: JobSpec) -> FlowPlan:
         job = Job(
             id=job_id,
             flow_id=flow_id,
+            owner_id=owner_id,
             parent_id=parent_id,
             name=spec.name,
             queue_name=spec.queue_name,

@@ -50,3 +50,19 @@ class Flow(models.Model):
 
     def __str__(self) -> str:
         return f"{self.flowname} ({self.id})"
+
+
+class IdempotencyKey(models.Model):
+    """Remembers the flow a client created with an ``Idempotency-Key`` header."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)
+    flow = models.ForeignKey(Flow, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key_uniq")]
+
+    def __str__(self) -> str:
+        return self.key

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from flows import engine
-from flows.models import Flow, new_flow_id
+from flows.exceptions import IdempotencyConflict
+from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
 from jobs.models import Job
 from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
-from jobs.vocabulary import OPEN_FLOW_STATUSES, UNFINISHED_JOB_STATUSES, FlowStatus, JobStatus
+from jobs.vocabulary import (
+    CHILD_FAILED_ERROR,
+    IGNORED_FAILURE_POLICIES,
+    OPEN_FLOW_STATUSES,
+    UNFINISHED_JOB_STATUSES,
+    FlowStatus,
+    JobStatus,
+)
 
 BULK_BATCH_SIZE = 1000
 
@@ -28,7 +38,7 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
     """
     flowname, root = parse_flow_spec(spec)
     flow_id = new_flow_id()
-    plan = engine.plan_flow(flow_id=flow_id, flowname=flowname, root=root)
+    plan = engine.plan_flow(flow_id=flow_id, flowname=flowname, owner_id=owner.pk, root=root)
     with transaction.atomic():
         flow = Flow.objects.create(
             id=flow_id,
@@ -80,3 +90,120 @@ def flow_delete(*, flow: Flow) -> None:
         except InvalidTransition:
             pass  # it finished meanwhile: nothing left to stop
     Flow.objects.filter(pk=flow.pk).delete()  # jobs and logs cascade
+
+
+def flow_create_idempotent(*, owner: AbstractBaseUser, spec: Any, key: str) -> tuple[Flow, bool]:
+    """Create a flow once per ``(owner, key)``; return ``(flow, created)``.
+
+    The same key with the same body returns the flow created the first time; with
+    a different body it raises ``IdempotencyConflict``. Concurrent requests with one
+    key create one flow: the unique constraint decides, the loser reads the winner's.
+    """
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    for _ in range(2):
+        existing = IdempotencyKey.objects.select_related("flow").filter(owner=owner, key=key).first()
+        if existing is not None:
+            if existing.request_hash != digest:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was already used with a different request body."
+                )
+            return existing.flow, False
+        try:
+            with transaction.atomic():
+                flow = flow_create(owner=owner, spec=spec)
+                IdempotencyKey.objects.create(owner=owner, key=key, request_hash=digest, flow=flow)
+            return flow, True
+        except IntegrityError:
+            continue  # another request with this key won the race: read its flow
+    raise IdempotencyConflict(f"Idempotency-Key {key!r} is being used by a concurrent request.")
+
+
+def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
+    """Re-run a failed flow's failed jobs, keeping every completed result.
+
+    The jobs that failed by themselves (not ``ChildFailed``, not ignored) go back to
+    ``waiting`` with their attempts reset and are enqueued; the ancestors they
+    failed go back to ``waiting-children``, counting the children still to finish.
+    With ``job_id``, only the failures at or under that job are retried. The flow
+    reopens (``running``) unless another failure remains. Raises
+    ``InvalidTransition`` if there is nothing to retry.
+    """
+    with transaction.atomic():
+        # Lock the flow's jobs: a sibling finishing meanwhile must not slip between
+        # our count of a parent's pending children and its reopening.
+        rows = {
+            row["id"]: row
+            for row in Job.objects.select_for_update()
+            .filter(flow_id=flow.pk)
+            .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts")
+        }
+        causes = _retry_causes(rows, under=job_id)
+        if not causes:
+            raise InvalidTransition(
+                f"Flow {flow.pk} has no failed job to retry{' under job ' + job_id if job_id else ''}.",
+                current_status=flow.status,
+            )
+        reopen = _failed_ancestors(rows, causes)
+        children: dict[str, list[dict]] = {}
+        for row in rows.values():
+            children.setdefault(row["parent_id"], []).append(row)
+        for parent_id in reopen:
+            pending = sum(1 for child in children[parent_id] if not _done_for_parent(child))
+            Job.objects.filter(pk=parent_id, status=JobStatus.FAILED).update(
+                status=JobStatus.WAITING_CHILDREN, pending_children=pending, **_RESET
+            )
+        Job.objects.filter(pk__in=causes, status=JobStatus.FAILED).update(
+            status=JobStatus.WAITING, attempts_made=0, **_RESET
+        )
+        counts, ignored = engine.flow_job_counts(flow_id=flow.pk)
+        if engine.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
+            Flow.objects.filter(pk=flow.pk).update(
+                status=FlowStatus.RUNNING, error="", result=None, completed_at=None
+            )
+        refs = [JobRef(id=i, queue_name=rows[i]["queue_name"], opts=rows[i]["opts"]) for i in causes]
+        transaction.on_commit(lambda: enqueue_jobs(refs))
+    flow.refresh_from_db()
+    return flow
+
+
+_RESET = {"error": "", "error_type": "", "stacktrace": "", "result": None, "started_at": None, "finished_at": None}
+
+
+def _done_for_parent(row: dict) -> bool:
+    """Whether a child no longer holds its parent back (completed, or its failure ignored)."""
+    return row["status"] == JobStatus.COMPLETED or (
+        row["status"] == JobStatus.FAILED and row["failure_policy"] in IGNORED_FAILURE_POLICIES
+    )
+
+
+def _retry_causes(rows: dict[str, dict], *, under: str | None) -> set[str]:
+    """The failed jobs to re-run: failed by themselves, failure not ignored, under ``under``."""
+    causes = set()
+    for job_id, row in rows.items():
+        if row["status"] != JobStatus.FAILED or row["error_type"] == CHILD_FAILED_ERROR:
+            continue
+        if row["parent_id"] and row["failure_policy"] in IGNORED_FAILURE_POLICIES:
+            continue
+        if under is None or under in _lineage(rows, job_id):
+            causes.add(job_id)
+    return causes
+
+
+def _lineage(rows: dict[str, dict], job_id: str) -> list[str]:
+    """The job and its ancestors, bottom-up."""
+    chain = [job_id]
+    while rows[chain[-1]]["parent_id"] is not None:
+        chain.append(rows[chain[-1]]["parent_id"])
+    return chain
+
+
+def _failed_ancestors(rows: dict[str, dict], causes: set[str]) -> set[str]:
+    """Ancestors of the causes that failed because of them (``ChildFailed``)."""
+    found = set()
+    for cause in causes:
+        for ancestor in _lineage(rows, cause)[1:]:
+            row = rows[ancestor]
+            if row["status"] != JobStatus.FAILED or row["error_type"] != CHILD_FAILED_ERROR:
+                break
+            found.add(ancestor)
+    return found

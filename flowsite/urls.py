@@ -1,15 +1,43 @@
-"""URL routes: the admin and a health check (the API comes with its own issue)."""
+"""URL routes: the admin, the REST API under /api/ (with or without trailing slash), health."""
 
 from django.contrib import admin
 from django.http import JsonResponse
-from django.urls import path
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from accounts.views import TokenCreateView
+from flows.views import FlowViewSet
+from jobs.views import DashboardView, QueueJobViewSet, QueueViewSet
 
 
 def health(request):
     return JsonResponse({"status": "ok"})
 
 
+class OptionalSlashRouter(SimpleRouter):
+    """Every route answers with and without its trailing slash (POST included: no redirect)."""
+
+    def __init__(self):
+        super().__init__(trailing_slash="/?")
+
+
+router = OptionalSlashRouter()
+router.register("flows", FlowViewSet, basename="flow")
+router.register(r"jobs/(?P<queue_name>[^/]+)", QueueJobViewSet, basename="queue-job")
+router.register("queues", QueueViewSet, basename="queue")
+
+api_urls = [
+    path("", include(router.urls)),
+    re_path(r"^dashboard/?$", DashboardView.as_view(), name="dashboard"),
+    re_path(r"^auth/token/?$", TokenCreateView.as_view(), name="auth-token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include(api_urls)),
     path("health", health),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 
 from jobs.vocabulary import FailurePolicy, JobStatus
@@ -24,6 +25,9 @@ class Job(models.Model):
     id = models.CharField(primary_key=True, max_length=255, default=new_job_id, editable=False)
     flow = models.ForeignKey(
         "flows.Flow", null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs"
     )
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
@@ -72,3 +76,14 @@ class JobLog(models.Model):
 
     def __str__(self) -> str:
         return self.message[:80]
+
+
+class QueueState(models.Model):
+    """A queue that operators paused. Jobs of a paused queue wait (as ``paused``) until it resumes."""
+
+    name = models.CharField(primary_key=True, max_length=200)
+    paused = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'paused' if self.paused else 'running'})"

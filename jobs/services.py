@@ -18,20 +18,24 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from flows import engine
-from jobs.exceptions import FlowClosed, SpecValidationError
-from jobs.models import Job, JobLog
-from jobs.tasks import JobRef, enqueue_jobs
+from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
+from jobs.models import Job, JobLog, QueueState
+from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
 from jobs.validation import validate_job_fields
 from jobs.vocabulary import (
+    CHILD_FAILED_ERROR,
     IGNORED_FAILURE_POLICIES,
     STARTABLE_JOB_STATUSES,
+    UNFINISHED_JOB_STATUSES,
     FailurePolicy,
     JobStatus,
+    ReportedJobStatus,
 )
 
 JOB_TABLE = Job._meta.db_table
@@ -52,6 +56,14 @@ class StartedJob:
     child_count: int
     failure_policy: str
 
+    @classmethod
+    def from_job(cls, job: Job) -> StartedJob:
+        return cls(
+            id=job.id, name=job.name, queue_name=job.queue_name, data=job.data, opts=job.opts,
+            flow_id=job.flow_id, parent_id=job.parent_id, attempts_made=job.attempts_made,
+            child_count=job.child_count, failure_policy=job.failure_policy,
+        )
+
 
 def _load_json(value: Any) -> Any:
     # Raw cursors hand JSON columns back as text on both SQLite and PostgreSQL.
@@ -68,6 +80,28 @@ def _fetch_one(sql: str, params: list[Any]) -> tuple | None:
         return cursor.fetchone()
 
 
+_STARTABLE = sorted(STARTABLE_JOB_STATUSES)
+_STARTABLE_SQL = ", ".join(["%s"] * len(_STARTABLE))
+_QUEUE_PAUSED_SQL = (
+    f"EXISTS (SELECT 1 FROM {QueueState._meta.db_table} q WHERE q.name = {JOB_TABLE}.queue_name AND q.paused)"
+)
+
+
+def _park_if_paused(job_id: str) -> bool:
+    """Move a due job of a paused queue ``waiting|delayed -> paused``; True if it was parked."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {JOB_TABLE} SET status = %s WHERE id = %s AND status IN ({_STARTABLE_SQL}) "
+            f"AND {_QUEUE_PAUSED_SQL}",
+            [JobStatus.PAUSED, job_id, *_STARTABLE],
+        )
+        return cursor.rowcount == 1
+
+
+def _is_startable(job_id: str) -> bool:
+    return Job.objects.filter(pk=job_id, status__in=STARTABLE_JOB_STATUSES).exists()
+
+
 def job_start(*, job_id: str) -> StartedJob | None:
     """Move a job ``waiting|delayed -> active``, counting the attempt.
 
@@ -75,14 +109,19 @@ def job_start(*, job_id: str) -> StartedJob | None:
     running or finished (a duplicated delivery), cancelled, or gone. Marks the
     job's flow ``running`` the first time one of its jobs starts.
     """
-    sources = sorted(STARTABLE_JOB_STATUSES)
-    row = _fetch_one(
-        f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
-        f"WHERE id = %s AND status IN ({', '.join(['%s'] * len(sources))}) "
-        "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy",
-        [JobStatus.ACTIVE, timezone.now(), job_id, *sources],
-    )
-    if row is None:
+    for _ in range(3):
+        row = _fetch_one(
+            f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
+            f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} "
+            "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy",
+            [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE],
+        )
+        if row is not None:
+            break
+        if _park_if_paused(job_id) or not _is_startable(job_id):
+            return None
+        # The queue was resumed between the two statements: try again.
+    else:
         return None
     job = StartedJob(
         id=job_id,
@@ -254,7 +293,7 @@ def _propagate_failure(*, job: StartedJob, error: str) -> None:
             f"UPDATE {JOB_TABLE} SET status = %s, error = %s, error_type = %s, finished_at = %s "
             "WHERE id = %s AND status = %s RETURNING id, name, parent_id, failure_policy",
             [
-                JobStatus.FAILED, f"Child job {child_name} ({child_id}) failed: {error}", "ChildFailed",
+                JobStatus.FAILED, f"Child job {child_name} ({child_id}) failed: {error}", CHILD_FAILED_ERROR,
                 now, parent_id, JobStatus.WAITING_CHILDREN,
             ],
         )
@@ -288,13 +327,15 @@ def job_submit(
     data: dict[str, Any] | None = None,
     opts: dict[str, Any] | None = None,
     flow_id: str | None = None,
+    owner: AbstractBaseUser | None = None,
 ) -> Job:
     """Submit one job on any allowed queue; enqueue it after commit.
 
     With a ``flow_id`` (or a ``flowId`` in ``data``) the job is attached to that
     flow: it carries the flow's ``flowId`` and ``_flowMetadata``, counts in its
     progress, and the flow finishes only after it. Raises ``SpecValidationError``
-    for bad input and ``FlowClosed`` if the flow has already finished.
+    for bad input and ``FlowClosed`` if the flow has already finished. The job
+    belongs to its flow's owner, or to ``owner`` when it is standalone.
     """
     from flows.models import Flow
 
@@ -310,7 +351,7 @@ def job_submit(
         flow = None
         if flow_id:
             flow = Flow.objects.filter(pk=flow_id).first()
-            if flow is None:
+            if flow is None or (owner is not None and flow.owner_id != owner.pk and not owner.is_staff):
                 raise SpecValidationError("Invalid job.", {"flowId": [f"Unknown flow {flow_id!r}."]})
             if not engine.flow_is_open(flow.status):
                 raise FlowClosed(f"Flow {flow_id} is {flow.status}: it accepts no more jobs.")
@@ -323,6 +364,7 @@ def job_submit(
             }
         job = Job.objects.create(
             flow=flow,
+            owner_id=flow.owner_id if flow is not None else getattr(owner, "pk", None),
             name=name,
             queue_name=queue_name,
             data=data,
@@ -355,3 +397,112 @@ def jobs_requeue_interrupted() -> int:
         refs = [JobRef(id=i, queue_name=q, opts=o) for i, q, o in interrupted]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return len(refs)
+
+
+class ReportedJobFailure(Exception):
+    """A failure reported through the API by a job processed outside Flowsite."""
+
+
+def job_report(
+    *, job: Job, status: str, result: Any = None, error: str | None = None, progress: Any = None
+) -> Job:
+    """Apply a state reported by a job processed outside Flowsite, through the state machine.
+
+    ``running`` starts the job (``waiting|delayed -> active``; reporting it again
+    only updates progress). ``completed`` and ``failed`` finish it, starting it
+    first if it was still waiting; a reported failure is final (the job ran
+    elsewhere, so Flowsite cannot retry it) and applies the job's failure policy.
+    The parent and the flow follow exactly as for a job run by a worker.
+    Raises ``InvalidTransition`` with the current status for any other move.
+    """
+    if job.status == JobStatus.ACTIVE:
+        started: StartedJob | None = StartedJob.from_job(job)
+    else:
+        started = job_start(job_id=job.id)
+    if started is None:
+        job.refresh_from_db(fields=["status"])
+        raise InvalidTransition(
+            f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
+        )
+    if progress is not None:
+        job_update_progress(job_id=job.id, progress=progress)
+    if status == ReportedJobStatus.COMPLETED:
+        done = job_complete(job=started, result=result)
+    elif status == ReportedJobStatus.FAILED:
+        done = job_fail(job=started, exc=ReportedJobFailure(error or "Reported as failed"), retry_delay_ms=None)
+    else:
+        done = True
+    job.refresh_from_db()
+    if not done:
+        raise InvalidTransition(
+            f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
+        )
+    return job
+
+
+def queue_pause(*, name: str) -> int:
+    """Pause a queue: its waiting jobs become ``paused`` and no job of it starts; return how many."""
+    with transaction.atomic():
+        QueueState.objects.update_or_create(name=name, defaults={"paused": True})
+        return Job.objects.filter(queue_name=name, status=JobStatus.WAITING).update(status=JobStatus.PAUSED)
+
+
+def queue_resume(*, name: str) -> int:
+    """Resume a queue: its paused jobs go back to ``waiting`` and are enqueued; return how many."""
+    with transaction.atomic():
+        QueueState.objects.update_or_create(name=name, defaults={"paused": False})
+        paused = Job.objects.filter(queue_name=name, status=JobStatus.PAUSED)
+        refs = [JobRef(id=i, queue_name=name, opts=o) for i, o in paused.values_list("id", "opts")]
+        Job.objects.filter(pk__in=[ref.id for ref in refs], status=JobStatus.PAUSED).update(
+            status=JobStatus.WAITING
+        )
+        transaction.on_commit(lambda: enqueue_jobs(refs, delay_ms=0))
+    return len(refs)
+
+
+def job_cancel(*, job: Job) -> bool:
+    """Cancel one unfinished job and revoke its message; False if it had already finished."""
+    changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
+        status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
+    )
+    if changed:
+        transaction.on_commit(lambda: revoke_jobs([job.pk]))
+    return bool(changed)
+
+
+def job_delete(*, job: Job) -> None:
+    """Delete a standalone (or attached) job, cancelling it first if it has not finished.
+
+    A job that is part of a flow's tree (it has a parent or children) cannot be
+    deleted alone: its flow would wait for it for ever. Delete or cancel the flow.
+    """
+    if job.parent_id or job.child_count:
+        raise InvalidTransition(
+            f"Job {job.pk} is part of flow {job.flow_id}'s tree: cancel or delete the flow instead.",
+            current_status=job.status,
+        )
+    from flows.models import Flow
+
+    with transaction.atomic():
+        job_cancel(job=job)
+        Job.objects.filter(pk=job.pk).delete()
+        if job.flow_id:
+            Flow.objects.filter(pk=job.flow_id).update(total_jobs=F("total_jobs") - 1)
+            transaction.on_commit(lambda: engine.flow_settle(flow_id=job.flow_id))
+
+
+def job_retry_standalone(*, job: Job) -> Job:
+    """Re-run a failed job that belongs to no flow: ``failed -> waiting``, attempts reset."""
+    with transaction.atomic():
+        changed = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
+            status=JobStatus.WAITING, attempts_made=0, error="", error_type="", stacktrace="",
+            result=None, started_at=None, finished_at=None,
+        )
+        if not changed:
+            job.refresh_from_db(fields=["status"])
+            raise InvalidTransition(f"Job {job.pk} is {job.status}: only failed jobs can be retried.",
+                                    current_status=job.status)
+        ref = JobRef(id=job.pk, queue_name=job.queue_name, opts=job.opts)
+        transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=0))
+    job.refresh_from_db()
+    return job

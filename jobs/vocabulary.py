@@ -33,6 +33,14 @@ class FlowStatus(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+class ReportedJobStatus(models.TextChoices):
+    """What a job processed outside Flowsite may report (the legacy update endpoint)."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 class FailurePolicy(models.TextChoices):
     """What a job's final failure does to its parent (from its BullMQ options)."""
 
@@ -73,6 +81,8 @@ NOT_STARTED_JOB_STATUSES = frozenset(
 )
 FINAL_FLOW_STATUSES = frozenset({FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.CANCELLED})
 OPEN_FLOW_STATUSES = frozenset(set(FlowStatus) - FINAL_FLOW_STATUSES)
+# The error type of a parent failed by its child (failParentOnFailure).
+CHILD_FAILED_ERROR = "ChildFailed"
 # A failed child with one of these policies does not fail its parent or its flow.
 IGNORED_FAILURE_POLICIES = frozenset({FailurePolicy.IGNORE, FailurePolicy.REMOVE})
 
@@ -84,7 +94,7 @@ JOB_TRANSITIONS: dict[str, frozenset[str]] = {
     JobStatus.WAITING_CHILDREN: frozenset(
         {JobStatus.WAITING, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
-    JobStatus.DELAYED: frozenset({JobStatus.ACTIVE, JobStatus.WAITING, JobStatus.CANCELLED}),
+    JobStatus.DELAYED: frozenset({JobStatus.ACTIVE, JobStatus.WAITING, JobStatus.PAUSED, JobStatus.CANCELLED}),
     JobStatus.ACTIVE: frozenset(
         {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DELAYED, JobStatus.STUCK, JobStatus.CANCELLED}
     ),

@@ -1,0 +1,14 @@
+"""API token issuance."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib.auth.models import AbstractBaseUser
+from knox.models import AuthToken
+from knox.settings import knox_settings
+
+
+def api_token_create(*, user: AbstractBaseUser, ttl: timedelta | None = None) -> tuple[AuthToken, str]:
+    """Create a token for ``user``; return the stored (hashed) token and the one-time plain text."""
+    return AuthToken.objects.create(user=user, expiry=ttl if ttl is not None else knox_settings.TOKEN_TTL)

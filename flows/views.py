@@ -1,0 +1,138 @@
+"""The flows API: thin viewsets that validate, call a service or selector, and serialize."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.filters import SearchFilter
+from django_filters.rest_framework import DjangoFilterBackend
+from rest_framework.response import Response
+
+from flows import selectors, services
+from flows.filters import FlowFilter
+from flows.models import Flow
+from flows.serializers import (
+    FlowActionOutputSerializer,
+    FlowCreateInputSerializer,
+    FlowDetailOutputSerializer,
+    FlowJobsQuerySerializer,
+    FlowOutputSerializer,
+)
+from jobs.models import Job
+from jobs.selectors import JOB_PAYLOAD_FIELDS, job_payload, job_payloads
+from jobs.serializers import JobOutputSerializer, JobReportInputSerializer
+from jobs.services import job_report
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input: {error, details: {path: [messages]}}"),
+    401: OpenApiResponse(description="Not authenticated"),
+    404: OpenApiResponse(description="No such flow (or not yours)"),
+}
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    description="Repeat a create safely: the same key and body return the first flow (200).",
+)
+
+
+def flow_action_body(flow: Flow, message: str) -> dict:
+    progress = {flow.pk: selectors.flow_progress(flow=flow)}
+    return {"flowId": flow.pk, "message": message, "flow": FlowOutputSerializer(flow, context={"progress": progress}).data}
+
+
+@extend_schema_view(
+    list=extend_schema(responses={200: FlowOutputSerializer(many=True), **ERRORS}, tags=["flows"]),
+    retrieve=extend_schema(responses={200: FlowDetailOutputSerializer, **ERRORS}, tags=["flows"]),
+    destroy=extend_schema(responses={200: FlowActionOutputSerializer, **ERRORS}, tags=["flows"]),
+)
+class FlowViewSet(viewsets.GenericViewSet):
+    """Create, list, read, cancel, retry and delete flows; report jobs run elsewhere."""
+
+    lookup_url_kwarg = "flow_id"
+    lookup_value_regex = "[^/]+"
+    filter_backends = [DjangoFilterBackend, SearchFilter]
+    filterset_class = FlowFilter
+    search_fields = ["flowname", "=id"]
+    serializer_class = FlowOutputSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Flow.objects.none()
+        return selectors.flow_list_for_user(user=self.request.user)
+
+    def list(self, request):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        progress = selectors.flows_progress(flow_ids=[flow.pk for flow in page])
+        data = FlowOutputSerializer(page, many=True, context={"progress": progress}).data
+        return self.get_paginated_response(data)
+
+    def retrieve(self, request, flow_id: str):
+        flow = get_object_or_404(self.get_queryset().defer(None), pk=flow_id)
+        context = {
+            "progress": {flow.pk: selectors.flow_progress(flow=flow)},
+            "jobs": job_payloads(selectors.flow_jobs(flow=flow)),
+        }
+        return Response(FlowDetailOutputSerializer(flow, context=context).data)
+
+    @extend_schema(
+        request=FlowCreateInputSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: FlowActionOutputSerializer, 200: FlowActionOutputSerializer, 409: None, **ERRORS},
+        tags=["flows"],
+    )
+    def create(self, request):
+        key = request.headers.get("Idempotency-Key")
+        if key:
+            if len(key) > 255:
+                raise ValidationError({"Idempotency-Key": ["At most 255 characters."]})
+            flow, created = services.flow_create_idempotent(owner=request.user, spec=request.data, key=key)
+        else:
+            flow, created = services.flow_create(owner=request.user, spec=request.data), True
+        message = "Flow created" if created else "Flow already created with this Idempotency-Key"
+        return Response(
+            flow_action_body(flow, message), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    def destroy(self, request, flow_id: str):
+        flow = self.get_object()
+        body = flow_action_body(flow, "Flow deleted")
+        services.flow_delete(flow=flow)
+        return Response(body)
+
+    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, 409: None, **ERRORS}, tags=["flows"])
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, flow_id: str):
+        flow = services.flow_cancel(flow=self.get_object())
+        return Response(flow_action_body(flow, "Flow cancelled"))
+
+    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, 409: None, **ERRORS}, tags=["flows"])
+    @action(detail=True, methods=["post"])
+    def retry(self, request, flow_id: str):
+        flow = services.flow_retry(flow=self.get_object())
+        return Response(flow_action_body(flow, "Flow retried"))
+
+    @extend_schema(
+        parameters=[FlowJobsQuerySerializer], responses={200: JobOutputSerializer(many=True), **ERRORS}, tags=["flows"]
+    )
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def jobs(self, request, flow_id: str):
+        query = FlowJobsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        flow = self.get_object()
+        return Response(job_payloads(selectors.flow_jobs(flow=flow, status=query.validated_data.get("status"))))
+
+    @extend_schema(
+        request=JobReportInputSerializer,
+        responses={200: JobOutputSerializer, 409: None, **ERRORS},
+        tags=["flows"],
+    )
+    @action(detail=True, methods=["put"], url_path=r"jobs/(?P<job_id>[^/]+)", filter_backends=[])
+    def job(self, request, flow_id: str, job_id: str):
+        report = JobReportInputSerializer(data=request.data)
+        report.is_valid(raise_exception=True)
+        flow = self.get_object()
+        job = get_object_or_404(Job, pk=job_id, flow_id=flow.pk)
+        job = job_report(job=job, **report.validated_data)
+        return Response(job_payload(Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=job.pk)))

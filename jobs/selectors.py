@@ -1,0 +1,83 @@
+"""Reads of jobs: owner scoping, the lean job payload, queue and dashboard counts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, QuerySet
+
+from jobs.models import Job, QueueState
+from jobs.vocabulary import JobStatus
+
+# The columns behind one job's public payload (``job_payload``).
+JOB_PAYLOAD_FIELDS = (
+    "id", "flow_id", "parent_id", "name", "queue_name", "status", "progress", "attempts_made",
+    "max_attempts", "data", "opts", "result", "error", "error_type", "created_at", "started_at", "finished_at",
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    """Format a datetime as DRF does (ISO 8601, ``Z`` for UTC)."""
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def job_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """Build a job's public (camelCase) representation from a ``.values(*JOB_PAYLOAD_FIELDS)`` row.
+
+    The lean path for large job lists: about 3x faster than a ModelSerializer.
+    ``jobs.serializers.JobOutputSerializer`` documents the same shape.
+    """
+    return {
+        "jobId": row["id"],
+        "flowId": row["flow_id"],
+        "parentJobId": row["parent_id"],
+        "name": row["name"],
+        "queueName": row["queue_name"],
+        "status": row["status"],
+        "progress": row["progress"],
+        "attemptsMade": row["attempts_made"],
+        "attempts": row["max_attempts"],
+        "data": row["data"],
+        "opts": row["opts"],
+        "result": row["result"],
+        "error": row["error"] or None,
+        "errorType": row["error_type"] or None,
+        "createdAt": iso(row["created_at"]),
+        "startedAt": iso(row["started_at"]),
+        "finishedAt": iso(row["finished_at"]),
+    }
+
+
+def job_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Job]:
+    """Jobs the user may see: their own (flow jobs belong to the flow's owner); staff see all."""
+    jobs = Job.objects.all()
+    return jobs if user.is_staff else jobs.filter(owner=user)
+
+
+def job_payloads(jobs: QuerySet[Job]) -> list[dict[str, Any]]:
+    return [job_payload(row) for row in jobs.values(*JOB_PAYLOAD_FIELDS)]
+
+
+def queue_status_counts(*, user: AbstractBaseUser) -> dict[str, dict[str, int]]:
+    """``{queue: {status: n}}`` for every allowed queue, every status present (one query)."""
+    counts = {queue: {status.value: 0 for status in JobStatus} for queue in settings.FLOWSITE_QUEUES}
+    rows = job_list_for_user(user=user).values("queue_name", "status").annotate(n=Count("pk")).order_by()
+    for row in rows:
+        if row["queue_name"] in counts:
+            counts[row["queue_name"]][row["status"]] = row["n"]
+    return counts
+
+
+def paused_queues() -> set[str]:
+    return set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
+
+
+def latest_failures(*, user: AbstractBaseUser, limit: int = 10) -> list[dict[str, Any]]:
+    failed = job_list_for_user(user=user).filter(status=JobStatus.FAILED).order_by("-finished_at")[:limit]
+    return job_payloads(failed)

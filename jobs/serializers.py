@@ -1,0 +1,87 @@
+"""Job input and output shapes (camelCase, the legacy contract)."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from jobs.vocabulary import JobStatus, ReportedJobStatus
+
+
+class JobOptionsSerializer(serializers.Serializer):
+    """Documents ``opts`` (validated by ``jobs.options.parse_job_options``)."""
+
+    attempts = serializers.IntegerField(required=False, min_value=1)
+    backoff = serializers.JSONField(required=False, help_text="ms, or {type: fixed|exponential, delay: ms}")
+    delay = serializers.IntegerField(required=False, min_value=0, help_text="milliseconds")
+    priority = serializers.IntegerField(required=False, min_value=0)
+    timeout = serializers.IntegerField(required=False, min_value=1, help_text="milliseconds")
+    failParentOnFailure = serializers.BooleanField(required=False)
+    ignoreDependencyOnFailure = serializers.BooleanField(required=False)
+    removeDependencyOnFailure = serializers.BooleanField(required=False)
+
+
+class JobOutputSerializer(serializers.Serializer):
+    """A job. Built at run time by ``jobs.selectors.job_payload`` (lean path); this documents it."""
+
+    jobId = serializers.CharField()
+    flowId = serializers.CharField(allow_null=True)
+    parentJobId = serializers.CharField(allow_null=True)
+    name = serializers.CharField()
+    queueName = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    progress = serializers.JSONField()
+    attemptsMade = serializers.IntegerField()
+    attempts = serializers.IntegerField()
+    data = serializers.JSONField()
+    opts = serializers.JSONField()
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    errorType = serializers.CharField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+
+
+class JobReportInputSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=ReportedJobStatus.choices)
+    result = serializers.JSONField(required=False, allow_null=True)
+    error = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
+    progress = serializers.JSONField(required=False, allow_null=True)
+
+
+class JobSubmitInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    data = serializers.DictField(required=False)
+    opts = JobOptionsSerializer(required=False)
+    flowId = serializers.CharField(required=False, max_length=64)
+
+    def to_internal_value(self, data):
+        # ``opts`` is validated by the engine (with its own error paths); keep it raw.
+        value = super().to_internal_value(data)
+        if isinstance(data, dict) and "opts" in data:
+            value["opts"] = data["opts"]
+        return value
+
+
+class JobSubmitOutputSerializer(serializers.Serializer):
+    jobId = serializers.CharField()
+    message = serializers.CharField()
+    job = JobOutputSerializer()
+
+
+class QueueOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    paused = serializers.BooleanField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="jobs per status")
+
+
+class QueueActionOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    paused = serializers.BooleanField()
+    jobsAffected = serializers.IntegerField()
+
+
+class DashboardOutputSerializer(serializers.Serializer):
+    queues = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
+    flows = serializers.DictField(child=serializers.IntegerField())
+    latestFailures = JobOutputSerializer(many=True)

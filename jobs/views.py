@@ -1,0 +1,145 @@
+"""Jobs by queue (the legacy /jobs/:queueName routes), queues and the dashboard."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from flows.services import flow_retry
+from flows.selectors import flow_status_counts
+from jobs import selectors, services
+from jobs.filters import JobFilter
+from jobs.models import Job
+from jobs.serializers import (
+    DashboardOutputSerializer,
+    JobOutputSerializer,
+    JobSubmitInputSerializer,
+    JobSubmitOutputSerializer,
+    QueueActionOutputSerializer,
+    QueueOutputSerializer,
+)
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input: {error, details: {path: [messages]}}"),
+    401: OpenApiResponse(description="Not authenticated"),
+    404: OpenApiResponse(description="Unknown queue, or no such job (or not yours)"),
+}
+
+
+def _payload(job: Job) -> dict:
+    return selectors.job_payload(Job.objects.values(*selectors.JOB_PAYLOAD_FIELDS).get(pk=job.pk))
+
+
+@extend_schema_view(
+    list=extend_schema(responses={200: JobOutputSerializer(many=True), **ERRORS}, tags=["jobs"]),
+    retrieve=extend_schema(responses={200: JobOutputSerializer, **ERRORS}, tags=["jobs"]),
+    destroy=extend_schema(responses={204: None, 409: None, **ERRORS}, tags=["jobs"]),
+)
+class QueueJobViewSet(viewsets.GenericViewSet):
+    """Jobs of one queue: list, submit, read, retry, delete."""
+
+    lookup_url_kwarg = "job_id"
+    lookup_value_regex = "[^/]+"
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = JobFilter
+    serializer_class = JobOutputSerializer
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        if kwargs["queue_name"] not in settings.FLOWSITE_QUEUES:
+            raise Http404(f"Unknown queue {kwargs['queue_name']!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # schema generation
+            return Job.objects.none()
+        jobs = selectors.job_list_for_user(user=self.request.user)
+        return jobs.filter(queue_name=self.kwargs["queue_name"]).order_by("-created_at", "id")
+
+    def list(self, request, queue_name: str):
+        jobs = self.paginate_queryset(self.filter_queryset(self.get_queryset()).values(*selectors.JOB_PAYLOAD_FIELDS))
+        return self.get_paginated_response([selectors.job_payload(row) for row in jobs])
+
+    def retrieve(self, request, queue_name: str, job_id: str):
+        return Response(_payload(self.get_object()))
+
+    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, 409: None, **ERRORS}, tags=["jobs"])
+    def create(self, request, queue_name: str):
+        data = JobSubmitInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        job = services.job_submit(
+            name=fields["name"], queue_name=queue_name, data=fields.get("data") or {},
+            opts=fields.get("opts") or {}, flow_id=fields.get("flowId"), owner=request.user,
+        )
+        body = {"jobId": job.pk, "message": "Job submitted", "job": _payload(job)}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, queue_name: str, job_id: str):
+        services.job_delete(job=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={200: JobOutputSerializer, 409: None, **ERRORS}, tags=["jobs"])
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def retry(self, request, queue_name: str, job_id: str):
+        job = self.get_object()
+        if job.flow_id:
+            flow_retry(flow=job.flow, job_id=job.pk)
+        else:
+            services.job_retry_standalone(job=job)
+        return Response(_payload(job))
+
+
+class QueueViewSet(viewsets.ViewSet):
+    """The allowed queues, with a job count per status; staff pause and resume them."""
+
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+    def get_permissions(self):
+        if self.action in ("pause", "resume"):
+            return [IsAuthenticated(), IsAdminUser()]
+        return [IsAuthenticated()]
+
+    @extend_schema(responses={200: QueueOutputSerializer(many=True), 401: None}, tags=["queues"])
+    def list(self, request):
+        counts = selectors.queue_status_counts(user=request.user)
+        paused = selectors.paused_queues()
+        return Response([{"name": name, "paused": name in paused, "counts": c} for name, c in counts.items()])
+
+    def _change(self, name: str, *, pause: bool) -> Response:
+        if name not in settings.FLOWSITE_QUEUES:
+            raise Http404(f"Unknown queue {name!r}.")
+        changed = services.queue_pause(name=name) if pause else services.queue_resume(name=name)
+        return Response({"name": name, "paused": pause, "jobsAffected": changed})
+
+    @extend_schema(request=None, responses={200: QueueActionOutputSerializer, 403: None, **ERRORS}, tags=["queues"])
+    @action(detail=True, methods=["post"])
+    def pause(self, request, name: str):
+        return self._change(name, pause=True)
+
+    @extend_schema(request=None, responses={200: QueueActionOutputSerializer, 403: None, **ERRORS}, tags=["queues"])
+    @action(detail=True, methods=["post"])
+    def resume(self, request, name: str):
+        return self._change(name, pause=False)
+
+
+class DashboardView(APIView):
+    """Counts per queue and status, flows per status, and the latest failures."""
+
+    @extend_schema(responses={200: DashboardOutputSerializer, 401: None}, tags=["dashboard"])
+    def get(self, request):
+        return Response(
+            {
+                "queues": selectors.queue_status_counts(user=request.user),
+                "flows": flow_status_counts(user=request.user),
+                "latestFailures": selectors.latest_failures(user=request.user),
+            }
+        )
