@@ -9,7 +9,12 @@ from jobs.vocabulary import FlowStatus
 
 
 class FlowFilter(django_filters.FilterSet):
-    status = django_filters.ChoiceFilter(choices=FlowStatus.choices)
+    status = django_filters.ChoiceFilter(
+        choices=FlowStatus.choices,
+        error_messages={
+            "invalid_choice": f"%(value)s is not a flow status. Valid: {', '.join(FlowStatus.values)}."
+        },
+    )
     flowname = django_filters.CharFilter()
     queueName = django_filters.CharFilter(field_name="queue_name")
     createdAfter = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")

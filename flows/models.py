@@ -39,6 +39,9 @@ class Flow(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Set only on flows migrated from the legacy service (manage.py migrate_legacy_flows):
+    # the legacy "Flow".id, remembered so that running the migration again skips them.
+    legacy_id = models.CharField(max_length=64, null=True, blank=True, unique=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]

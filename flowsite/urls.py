@@ -19,7 +19,8 @@ class OptionalSlashRouter(SimpleRouter):
     """Every route answers with and without its trailing slash (POST included: no redirect)."""
 
     def __init__(self):
-        super().__init__(trailing_slash="/?")
+        super().__init__()
+        self.trailing_slash = "/?"
 
 
 router = OptionalSlashRouter()

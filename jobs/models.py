@@ -53,6 +53,9 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set only on jobs migrated from the legacy service: the BullMQ job id ("FlowJob"."jobId"),
+    # kept so that old logs and references can still be traced to the migrated job.
+    legacy_id = models.CharField(max_length=255, null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.http import Http404
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -55,7 +55,7 @@ class QueueJobViewSet(viewsets.GenericViewSet):
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         if kwargs["queue_name"] not in settings.FLOWSITE_QUEUES:
-            raise Http404(f"Unknown queue {kwargs['queue_name']!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
+            raise NotFound(f"Unknown queue {kwargs['queue_name']!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
@@ -116,7 +116,7 @@ class QueueViewSet(viewsets.ViewSet):
 
     def _change(self, name: str, *, pause: bool) -> Response:
         if name not in settings.FLOWSITE_QUEUES:
-            raise Http404(f"Unknown queue {name!r}.")
+            raise NotFound(f"Unknown queue {name!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
         changed = services.queue_pause(name=name) if pause else services.queue_resume(name=name)
         return Response({"name": name, "paused": pause, "jobsAffected": changed})
 

@@ -116,3 +116,31 @@ def engine_db(transactional_db, celery_workers):
 @pytest.fixture
 def user(django_user_model):
     return django_user_model.objects.create_user(username="alice", password="pw-alice-123")
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    return django_user_model.objects.create_user(username="mallory", password="pw-mallory-123")
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user(username="operator", password="pw-operator-123", is_staff=True)
+
+
+def token_client(user):
+    """An API client authenticated with a real API token of ``user`` (or anonymous)."""
+    from rest_framework.test import APIClient
+
+    from accounts.services import api_token_create
+
+    client = APIClient()
+    if user is not None:
+        _, token = api_token_create(user=user)
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@pytest.fixture
+def api(user):
+    return token_client(user)

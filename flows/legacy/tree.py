@@ -1,0 +1,124 @@
+"""Rebuilding a legacy flow's tree from its job rows.
+
+The legacy ``"FlowJob"`` table has no parent column and no job name. A parent's
+``children`` column holds the BullMQ flow definitions it was created with
+(``{name, queueName, data, opts, children}``); each definition is matched to a
+row by queue and data (see ``values.signature``). The root is the row no
+definition claims, and its name is the legacy ``"Flow".name``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flows.legacy.values import signature
+
+# Trying a root costs one pass over the flow's rows: a few tries find it in any
+# real flow, and a flow whose rows fit no tree does not cost O(rows²).
+MAX_ROOT_TRIES = 8
+
+
+class JobRow(Protocol):
+    queue_name: str
+    data: dict[str, Any]
+    children: list[Any]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a row sits in the tree. ``name`` is None when its definition had no name."""
+
+    parent: int | None
+    position: int
+    name: str | None
+
+
+@dataclass
+class Tree:
+    """Rows by index: the root, where each placed row sits, and what did not fit."""
+
+    root: int | None
+    placements: dict[int, Placement] = field(default_factory=dict)
+    children: dict[int, list[int]] = field(default_factory=dict)
+    unplaced: list[int] = field(default_factory=list)
+    # (parent row, definition) for each child definition that matched no row.
+    missing: list[tuple[int, Any]] = field(default_factory=list)
+
+
+def rebuild_tree(*, root_name: str, rows: Sequence[JobRow]) -> Tree:
+    """Return the tree that places the most rows (all of them, in any sound flow).
+
+    ``rows`` come in creation order, which breaks ties between rows with the
+    same queue and data: the earlier row matches the earlier definition.
+    """
+    if not rows:
+        return Tree(root=None)
+    best: Tree | None = None
+    for candidate in _root_candidates(rows)[:MAX_ROOT_TRIES]:
+        tree = _grow(candidate, root_name, rows)
+        if not tree.unplaced:
+            return tree
+        if best is None or len(tree.unplaced) < len(best.unplaced):
+            best = tree
+    assert best is not None
+    return best
+
+
+def _definition_signature(definition: dict[str, Any]) -> tuple[str, str]:
+    data = definition.get("data")
+    return signature(definition.get("queueName"), data if data is not None else {})
+
+
+def _root_candidates(rows: Sequence[JobRow]) -> list[int]:
+    """Rows no definition claims come first: one of them is the root."""
+    claims = Counter(
+        _definition_signature(d) for row in rows for d in row.children if isinstance(d, dict)
+    )
+    seen: Counter[tuple[str, str]] = Counter()
+    unclaimed: list[int] = []
+    claimed: list[int] = []
+    for index, row in enumerate(rows):
+        key = signature(row.queue_name, row.data)
+        seen[key] += 1
+        (claimed if seen[key] <= claims[key] else unclaimed).append(index)
+    return unclaimed + claimed
+
+
+def _grow(root: int, root_name: str, rows: Sequence[JobRow]) -> Tree:
+    """Place rows breadth-first from ``root``, each definition taking the first free match."""
+    free: dict[tuple[str, str], deque[int]] = {}
+    for index, row in enumerate(rows):
+        if index != root:
+            free.setdefault(signature(row.queue_name, row.data), deque()).append(index)
+    tree = Tree(root=root, placements={root: Placement(parent=None, position=0, name=root_name)})
+    pending: deque[tuple[int, list[Any]]] = deque([(root, rows[root].children)])
+    while pending:
+        parent, definitions = pending.popleft()
+        for definition in definitions:
+            child = _take(free, definition)
+            if child is None:
+                tree.missing.append((parent, definition))
+                continue
+            kids = tree.children.setdefault(parent, [])
+            tree.placements[child] = Placement(parent=parent, position=len(kids), name=_name(definition))
+            kids.append(child)
+            nested = definition.get("children")
+            pending.append((child, rows[child].children or (nested if isinstance(nested, list) else [])))
+    tree.unplaced = [index for index in range(len(rows)) if index not in tree.placements]
+    return tree
+
+
+def _take(free: dict[tuple[str, str], deque[int]], definition: Any) -> int | None:
+    if not isinstance(definition, dict):
+        return None
+    matches = free.get(_definition_signature(definition))
+    return matches.popleft() if matches else None
+
+
+def _name(definition: dict[str, Any]) -> str | None:
+    name = definition.get("name")
+    return name if isinstance(name, str) and name.strip() else None
+
