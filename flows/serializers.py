@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from jobs.serializers import JobOptionsSerializer, JobOutputSerializer
+from jobs.serializers import JobOptionsField, JobOutputSerializer
 from jobs.vocabulary import FlowStatus, JobStatus
 
 
@@ -14,7 +14,7 @@ class JobNodeInputSerializer(serializers.Serializer):
     name = serializers.CharField(help_text="A registered job handler.")
     queueName = serializers.CharField(help_text="One of the allowed queues (GET /api/queues).")
     data = serializers.DictField(required=False)
-    opts = JobOptionsSerializer(required=False)
+    opts = JobOptionsField(required=False)
     children = serializers.ListField(
         child=serializers.DictField(), required=False, help_text="Child jobs, same shape (recursive)."
     )

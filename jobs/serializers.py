@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from jobs.vocabulary import JobStatus, ReportedJobStatus
@@ -18,6 +19,11 @@ class JobOptionsSerializer(serializers.Serializer):
     failParentOnFailure = serializers.BooleanField(required=False)
     ignoreDependencyOnFailure = serializers.BooleanField(required=False)
     removeDependencyOnFailure = serializers.BooleanField(required=False)
+
+
+@extend_schema_field(JobOptionsSerializer)
+class JobOptionsField(serializers.DictField):
+    """``opts`` as a plain object: the engine validates it, with its own error paths."""
 
 
 class JobOutputSerializer(serializers.Serializer):
@@ -52,15 +58,8 @@ class JobReportInputSerializer(serializers.Serializer):
 class JobSubmitInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     data = serializers.DictField(required=False)
-    opts = JobOptionsSerializer(required=False)
+    opts = JobOptionsField(required=False)
     flowId = serializers.CharField(required=False, max_length=64)
-
-    def to_internal_value(self, data):
-        # ``opts`` is validated by the engine (with its own error paths); keep it raw.
-        value = super().to_internal_value(data)
-        if isinstance(data, dict) and "opts" in data:
-            value["opts"] = data["opts"]
-        return value
 
 
 class JobSubmitOutputSerializer(serializers.Serializer):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from jobs.handlers import JobContext, job_handler
 
@@ -74,3 +75,13 @@ def submit(ctx: JobContext):
 @job_handler("test-unserialisable")
 def unserialisable(ctx: JobContext):
     return {"when": object()}
+
+
+@job_handler("test-fail-first-time")
+def fail_first_time(ctx: JobContext):
+    """Fail until the marker file exists (the first run creates it): a retry then succeeds."""
+    marker = Path(ctx.data["marker"])
+    if not marker.exists():
+        marker.write_text("failed once")
+        raise RuntimeError("first run fails")
+    return {"recovered": True}

@@ -1,0 +1,342 @@
+"""From one legacy flow and its job rows to the Flowsite rows that replace them.
+
+Pure: builds unsaved ``Flow`` and ``Job`` objects (and never touches a
+database), so a dry run plans exactly what a real run writes. A row that cannot
+be migrated raises ``BadRow``, which skips its whole flow: a flow with a hole
+in it would get a wrong tree and a wrong status, and skipping it whole lets a
+later run migrate it cleanly once the row is fixed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.engine import derive_flow_status
+from flows.legacy.report import Issue
+from flows.legacy.source import LegacyFlow, LegacyJob
+from flows.legacy.tree import Tree, rebuild_tree
+from flows.legacy.values import (
+    BadValue,
+    legacy_id_text,
+    map_status,
+    parse_json,
+    parse_json_list,
+    parse_json_object,
+    parse_timestamp,
+    user_data,
+)
+from flows.models import Flow, new_flow_id
+from jobs.models import Job, new_job_id
+from jobs.options import parse_job_options
+from jobs.services import flow_metadata
+from jobs.vocabulary import (
+    FINAL_FLOW_STATUSES,
+    IGNORED_FAILURE_POLICIES,
+    TERMINAL_JOB_STATUSES,
+    FlowStatus,
+    JobStatus,
+)
+
+# The name of a job whose name the legacy data does not give (see docs/legacy-migration.md).
+UNKNOWN_JOB_NAME = "(unknown)"
+
+
+class BadRow(Exception):
+    """A legacy row that cannot be migrated; ``issue`` names it and says why."""
+
+    def __init__(self, issue: Issue) -> None:
+        super().__init__(str(issue))
+        self.issue = issue
+
+
+@dataclass
+class ParsedJob:
+    """A legacy job row with its values parsed (``status`` already mapped)."""
+
+    legacy: LegacyJob
+    row_id: str  # "FlowJob".id, which reports name the row by
+    queue_name: str
+    data: dict[str, Any]
+    opts: dict[str, Any]
+    status: JobStatus
+    status_known: bool
+    result: Any
+    error: str
+    children: list[Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass
+class FlowPlan:
+    """The rows to write for one legacy flow, and what is worth reporting about it."""
+
+    legacy_id: str
+    flow: Flow
+    jobs: list[Job]
+    warnings: list[Issue] = field(default_factory=list)
+    statuses_mapped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    statuses_unknown: list[tuple[str, str]] = field(default_factory=list)
+
+
+def plan_legacy_flow(*, legacy: LegacyFlow, rows: list[LegacyJob], owner_id: int | None) -> FlowPlan:
+    """Return the ``Flow`` and ``Job`` objects for one legacy flow (unsaved).
+
+    Job statuses are mapped (``values.map_status``), the tree is rebuilt from
+    the ``children`` definitions, and the flow's status is derived from its
+    jobs by ``flows.engine.derive_flow_status``. Raises ``BadRow``.
+    """
+    flow_id = legacy_id_text(legacy.id)
+    name = _flow_name(legacy, flow_id)
+    created_at, updated_at = _flow_times(legacy, flow_id)
+    parsed = sorted(
+        (_parse_job(row, default_time=created_at) for row in rows),
+        key=lambda job: (job.created_at, _sort_key(job.legacy.id)),
+    )
+    tree = rebuild_tree(root_name=name, rows=parsed)
+    plan = FlowPlan(
+        legacy_id=flow_id,
+        flow=Flow(id=new_flow_id(), legacy_id=flow_id, flowname=name, name=name, owner_id=owner_id),
+        jobs=[],
+    )
+    ids = [new_job_id() for _ in parsed]
+    plan.jobs = _build_jobs(plan, parsed, tree, ids)
+    plan.flow.job_structure = _structure(parsed, tree, ids)
+    _note_statuses(plan, parsed)
+    _note_tree(plan, parsed, tree)
+    _finish_flow(plan.flow, plan.jobs, tree, ids, created_at=created_at, updated_at=updated_at)
+    return plan
+
+
+# Legacy values -------------------------------------------------------------
+
+
+def _flow_name(legacy: LegacyFlow, flow_id: str) -> str:
+    _check_length(flow_id, Flow, "legacy_id", "Flow", flow_id, "id")
+    if not isinstance(legacy.name, str) or not legacy.name.strip():
+        raise BadRow(Issue("Flow", flow_id, "name is missing, so its flow and root job have no name"))
+    _check_length(legacy.name, Flow, "flowname", "Flow", flow_id, "name")
+    return legacy.name
+
+
+def _flow_times(legacy: LegacyFlow, flow_id: str) -> tuple[dt.datetime, dt.datetime]:
+    try:
+        created = parse_timestamp(legacy.created_at, column="createdAt")
+        updated = parse_timestamp(legacy.updated_at, column="updatedAt")
+    except BadValue as exc:
+        raise BadRow(Issue("Flow", flow_id, str(exc))) from exc
+    created = created or updated
+    if created is None:
+        raise BadRow(Issue("Flow", flow_id, "createdAt and updatedAt are both NULL"))
+    return created, updated or created
+
+
+def _parse_job(row: LegacyJob, *, default_time: dt.datetime) -> ParsedJob:
+    job_id = legacy_id_text(row.id)
+    where = f"in flow {legacy_id_text(row.flow_id)}: its flow is skipped"
+    try:
+        if not isinstance(row.queue_name, str) or not row.queue_name.strip():
+            raise BadValue("queueName is missing")
+        _check_length(row.queue_name, Job, "queue_name", "FlowJob", job_id, "queueName")
+        if row.job_id is not None:
+            _check_length(legacy_id_text(row.job_id), Job, "legacy_id", "FlowJob", job_id, "jobId")
+        status, known = map_status(row.status)
+        created = parse_timestamp(row.created_at, column="createdAt") or default_time
+        return ParsedJob(
+            legacy=row,
+            row_id=job_id,
+            queue_name=row.queue_name,
+            data=parse_json_object(row.data, column="data"),
+            opts=parse_json_object(row.opts, column="opts"),
+            status=status,
+            status_known=known,
+            result=parse_json(row.result, column="result"),
+            error="" if row.error is None else str(row.error),
+            children=parse_json_list(row.children, column="children"),
+            created_at=created,
+            updated_at=parse_timestamp(row.updated_at, column="updatedAt") or created,
+        )
+    except (BadValue, BadRow) as exc:
+        reason = exc.issue.reason if isinstance(exc, BadRow) else str(exc)
+        raise BadRow(Issue("FlowJob", job_id, f"{reason} ({where})")) from exc
+
+
+def _check_length(value: str, model: type, field_name: str, table: str, legacy_id: str, column: str) -> None:
+    limit = model._meta.get_field(field_name).max_length
+    if len(value) > limit:
+        raise BadRow(Issue(table, legacy_id, f"{column} is longer than {limit} characters"))
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # Integer ids sort as numbers, cuid strings as text: rows of one table never mix them.
+    return (0, value) if isinstance(value, int) else (1, str(value))
+
+
+# Flowsite rows -------------------------------------------------------------
+
+
+def _build_jobs(plan: FlowPlan, parsed: list[ParsedJob], tree: Tree, ids: list[str]) -> list[Job]:
+    """One ``Job`` per row, parents before children (breadth-first), then unplaced rows."""
+    flow = plan.flow
+    root_id = ids[tree.root] if tree.root is not None else ""
+    jobs = []
+    for index in _breadth_first(tree) + tree.unplaced:
+        job = parsed[index]
+        placement = tree.placements.get(index)
+        parent = placement.parent if placement else None
+        children = tree.children.get(index, [])
+        options, _ = parse_job_options(job.opts, path="opts")  # lenient: BullMQ stored more keys
+        jobs.append(
+            Job(
+                id=ids[index],
+                legacy_id=None if job.legacy.job_id is None else legacy_id_text(job.legacy.job_id),
+                flow_id=flow.id,
+                owner_id=flow.owner_id,
+                parent_id=ids[parent] if parent is not None else None,
+                name=(placement.name if placement else None) or UNKNOWN_JOB_NAME,
+                queue_name=job.queue_name,
+                data={
+                    **user_data(job.data),
+                    "flowId": flow.id,
+                    "_flowMetadata": flow_metadata(
+                        flow_id=flow.id, flowname=flow.flowname, root_job_id=root_id,
+                        parent_job_id=ids[parent] if parent is not None else None,
+                    ),
+                },
+                opts=job.opts,
+                status=job.status,
+                max_attempts=options.attempts,
+                failure_policy=options.failure_policy,
+                position=placement.position if placement else 0,
+                child_count=len(children),
+                pending_children=sum(parsed[c].status not in TERMINAL_JOB_STATUSES for c in children),
+                result=job.result,
+                error=job.error,
+                created_at=job.created_at,
+                finished_at=job.updated_at if job.status in TERMINAL_JOB_STATUSES else None,
+            )
+        )
+    return jobs
+
+
+def _breadth_first(tree: Tree) -> list[int]:
+    if tree.root is None:
+        return []
+    order, queue = [], deque([tree.root])
+    while queue:
+        index = queue.popleft()
+        order.append(index)
+        queue.extend(tree.children.get(index, []))
+    return order
+
+
+def _structure(parsed: list[ParsedJob], tree: Tree, ids: list[str]) -> dict[str, Any]:
+    """The tree as ``flow_create`` stores it: ``{jobId, name, queueName, data, opts?, children?}``."""
+    if tree.root is None:
+        return {}
+    nodes: dict[int, dict[str, Any]] = {}
+    for index in _breadth_first(tree):
+        job = parsed[index]
+        node = {
+            "jobId": ids[index],
+            "name": tree.placements[index].name or UNKNOWN_JOB_NAME,
+            "queueName": job.queue_name,
+            "data": user_data(job.data),
+        }
+        if job.opts:
+            node["opts"] = job.opts
+        nodes[index] = node
+        parent = tree.placements[index].parent
+        if parent is not None:
+            nodes[parent].setdefault("children", []).append(node)
+    return nodes[tree.root]
+
+
+def _finish_flow(
+    flow: Flow, jobs: list[Job], tree: Tree, ids: list[str], *, created_at: dt.datetime, updated_at: dt.datetime
+) -> None:
+    """Fill in the flow's root, status (derived from its jobs), outcome and timestamps."""
+    root = jobs[0] if tree.root is not None else None
+    flow.root_job_id = root.id if root else ""
+    flow.queue_name = root.queue_name if root else ""
+    flow.total_jobs = len(jobs)
+    flow.status = _derive_status(jobs)
+    flow.created_at, flow.updated_at = created_at, updated_at
+    if flow.status != FlowStatus.PENDING:
+        # Legacy rows record no start times: the first job's creation is the closest.
+        flow.started_at = min(job.created_at for job in jobs)
+    if flow.status in FINAL_FLOW_STATUSES:
+        finished = [job.finished_at for job in jobs if job.finished_at]
+        flow.completed_at = max(finished, default=updated_at)
+    if flow.status == FlowStatus.COMPLETED and root is not None:
+        flow.result = root.result
+    if flow.status == FlowStatus.FAILED:
+        flow.error = _first_failure(jobs)
+
+
+def _derive_status(jobs: list[Job]) -> FlowStatus:
+    """Count the jobs exactly as ``flows.engine.flow_job_counts`` does, then derive."""
+    counts = Counter(job.status for job in jobs)
+    ignored = sum(
+        job.status == JobStatus.FAILED and job.failure_policy in IGNORED_FAILURE_POLICIES and job.parent_id
+        is not None
+        for job in jobs
+    )
+    # Only a user's cancellation leaves cancelled jobs behind, so they mean the flow was cancelled.
+    return derive_flow_status(counts, ignored_failures=ignored, cancelled=bool(counts[JobStatus.CANCELLED]))
+
+
+def _first_failure(jobs: list[Job]) -> str:
+    failed = [
+        job
+        for job in jobs
+        if job.status == JobStatus.FAILED
+        and not (job.failure_policy in IGNORED_FAILURE_POLICIES and job.parent_id is not None)
+    ]
+    job = min(failed, key=lambda job: job.finished_at or job.created_at)
+    # The message jobs.services writes when a job fails its flow.
+    return f"Job {job.name} ({job.id}) failed: {job.error}"
+
+
+# Findings ------------------------------------------------------------------
+
+
+def _note_statuses(plan: FlowPlan, parsed: list[ParsedJob]) -> None:
+    for job in parsed:
+        raw = job.legacy.status
+        shown = "NULL" if raw is None else repr(raw)
+        if not job.status_known:
+            plan.statuses_unknown.append((shown, job.row_id))
+        elif raw != job.status.value:
+            plan.statuses_mapped[(shown, job.status.value)] += 1
+
+
+def _note_tree(plan: FlowPlan, parsed: list[ParsedJob], tree: Tree) -> None:
+    if not parsed:
+        plan.warnings.append(Issue("Flow", plan.legacy_id, "has no jobs: migrated as an empty, pending flow"))
+    for index in tree.unplaced:
+        plan.warnings.append(
+            Issue(
+                "FlowJob", parsed[index].row_id,
+                f"matches no child definition in flow {plan.legacy_id}: migrated without a parent, "
+                f"named {UNKNOWN_JOB_NAME!r}",
+            )
+        )
+    for parent, definition in tree.missing:
+        plan.warnings.append(
+            Issue("FlowJob", parsed[parent].row_id, f"child {_describe(definition)} has no FlowJob row")
+        )
+    for index, placement in tree.placements.items():
+        if placement.name is None:
+            plan.warnings.append(
+                Issue("FlowJob", parsed[index].row_id, f"its definition has no name: named {UNKNOWN_JOB_NAME!r}")
+            )
+
+
+def _describe(definition: Any) -> str:
+    if not isinstance(definition, dict):
+        return f"definition {definition!r:.60}"
+    return f"{definition.get('name')!r} (queue {definition.get('queueName')!r})"
