@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timezone
+
 import django_filters
+from rest_framework.exceptions import ValidationError
 
 from flows.models import Flow
 from jobs.vocabulary import FlowStatus
+
+
+class UTCDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 bound, converted to UTC (PostgreSQL refuses offsets beyond ±15:59)."""
+
+    def filter(self, qs, value):
+        if value is not None:
+            try:
+                value = value.astimezone(timezone.utc)
+            except OverflowError:
+                raise ValidationError({self.field_name: ["Date out of range."]}) from None
+        return super().filter(qs, value)
 
 
 class FlowFilter(django_filters.FilterSet):
@@ -17,8 +32,8 @@ class FlowFilter(django_filters.FilterSet):
     )
     flowname = django_filters.CharFilter()
     queueName = django_filters.CharFilter(field_name="queue_name")
-    createdAfter = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    createdBefore = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    createdAfter = UTCDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    createdBefore = UTCDateTimeFilter(field_name="created_at", lookup_expr="lte")
     ordering = django_filters.OrderingFilter(
         fields=(
             ("created_at", "createdAt"),

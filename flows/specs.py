@@ -15,7 +15,7 @@ from django.conf import settings
 from jobs.exceptions import SpecValidationError
 from jobs.options import JobOptions
 from jobs.validation import field_path as _key
-from jobs.validation import validate_job_fields
+from jobs.validation import NUL_MESSAGE, contains_nul, validate_job_fields
 
 NODE_KEYS = ("name", "queueName", "data", "opts", "children")
 ROOT_KEYS = ("flowname", *NODE_KEYS)
@@ -48,6 +48,13 @@ def parse_flow_spec(spec: Any) -> tuple[str, JobSpec]:
     """
     if not isinstance(spec, dict):
         raise SpecValidationError("Invalid flow specification.", {"non_field_errors": ["Expected a JSON object."]})
+    try:
+        if contains_nul(spec):
+            raise SpecValidationError("Invalid flow specification.", {"non_field_errors": [NUL_MESSAGE]})
+    except RecursionError:
+        raise SpecValidationError(
+            "The flow is nested too deeply.", {"non_field_errors": ["The document is nested too deeply."]}
+        ) from None
     errors: dict[str, list[str]] = {}
     flowname = spec.get("flowname")
     if not isinstance(flowname, str) or not flowname.strip():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -23,14 +23,9 @@ from flows.serializers import (
 )
 from jobs.models import Job
 from jobs.selectors import JOB_PAYLOAD_FIELDS, job_payload, job_payloads
-from jobs.serializers import JobOutputSerializer, JobReportInputSerializer
+from jobs.serializers import JobOutputSerializer, JobReportInputSerializer, error_responses
 from jobs.services import job_report
 
-ERRORS = {
-    400: OpenApiResponse(description="Invalid input: {error, details: {path: [messages]}}"),
-    401: OpenApiResponse(description="Not authenticated"),
-    404: OpenApiResponse(description="No such flow (or not yours)"),
-}
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="Repeat a create safely: the same key and body return the first flow (200).",
@@ -43,9 +38,9 @@ def flow_action_body(flow: Flow, message: str) -> dict:
 
 
 @extend_schema_view(
-    list=extend_schema(responses={200: FlowOutputSerializer(many=True), **ERRORS}, tags=["flows"]),
-    retrieve=extend_schema(responses={200: FlowDetailOutputSerializer, **ERRORS}, tags=["flows"]),
-    destroy=extend_schema(responses={200: FlowActionOutputSerializer, **ERRORS}, tags=["flows"]),
+    list=extend_schema(responses={200: FlowOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["flows"]),
+    retrieve=extend_schema(responses={200: FlowDetailOutputSerializer, **error_responses(400, 401, 404)}, tags=["flows"]),
+    destroy=extend_schema(responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 404)}, tags=["flows"]),
 )
 class FlowViewSet(viewsets.GenericViewSet):
     """Create, list, read, cancel, retry and delete flows; report jobs run elsewhere."""
@@ -79,7 +74,7 @@ class FlowViewSet(viewsets.GenericViewSet):
     @extend_schema(
         request=FlowCreateInputSerializer,
         parameters=[IDEMPOTENCY_KEY],
-        responses={201: FlowActionOutputSerializer, 200: FlowActionOutputSerializer, 409: None, **ERRORS},
+        responses={201: FlowActionOutputSerializer, 200: FlowActionOutputSerializer, **error_responses(400, 401, 404, 409, 413)},
         tags=["flows"],
     )
     def create(self, request):
@@ -101,20 +96,20 @@ class FlowViewSet(viewsets.GenericViewSet):
         services.flow_delete(flow=flow)
         return Response(body)
 
-    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, 409: None, **ERRORS}, tags=["flows"])
+    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["flows"])
     @action(detail=True, methods=["post"])
     def cancel(self, request, flow_id: str):
         flow = services.flow_cancel(flow=self.get_object())
         return Response(flow_action_body(flow, "Flow cancelled"))
 
-    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, 409: None, **ERRORS}, tags=["flows"])
+    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["flows"])
     @action(detail=True, methods=["post"])
     def retry(self, request, flow_id: str):
         flow = services.flow_retry(flow=self.get_object())
         return Response(flow_action_body(flow, "Flow retried"))
 
     @extend_schema(
-        parameters=[FlowJobsQuerySerializer], responses={200: JobOutputSerializer(many=True), **ERRORS}, tags=["flows"]
+        parameters=[FlowJobsQuerySerializer], responses={200: JobOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["flows"]
     )
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def jobs(self, request, flow_id: str):
@@ -125,7 +120,7 @@ class FlowViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         request=JobReportInputSerializer,
-        responses={200: JobOutputSerializer, 409: None, **ERRORS},
+        responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 409, 413)},
         tags=["flows"],
     )
     @action(detail=True, methods=["put"], url_path=r"jobs/(?P<job_id>[^/]+)", filter_backends=[])

@@ -7,7 +7,6 @@ never touch job rows themselves; every status change goes through
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Any
@@ -18,6 +17,7 @@ from jobs import services
 from jobs.exceptions import JobTimeoutError
 from jobs.handlers import JobContext, get_handler
 from jobs.options import JobOptions
+from jobs.validation import contains_nul
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def run_job(*, job_id: str) -> None:
     options = JobOptions.from_stored(job.opts)
     try:
         result = _call_handler(job, options)
-        json.dumps(result)
+        if contains_nul(result):  # also checks that it is JSON-serialisable
+            raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
     except Exception as exc:  # the handler's failure is the job's failure
         retry = options.backoff_ms(job.attempts_made) if job.attempts_made < options.attempts else None
         services.job_fail(job=job, exc=exc, retry_delay_ms=retry)

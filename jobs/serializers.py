@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 
 from jobs.vocabulary import JobStatus, ReportedJobStatus
@@ -19,6 +19,30 @@ class JobOptionsSerializer(serializers.Serializer):
     failParentOnFailure = serializers.BooleanField(required=False)
     ignoreDependencyOnFailure = serializers.BooleanField(required=False)
     removeDependencyOnFailure = serializers.BooleanField(required=False)
+
+
+class ErrorOutputSerializer(serializers.Serializer):
+    """Every error: a message, details per field path, and for 409 the current status."""
+
+    error = serializers.CharField()
+    details = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    currentStatus = serializers.CharField(required=False)
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Invalid input",
+    401: "Not authenticated",
+    403: "Not allowed (staff only)",
+    404: "Not found, or not yours",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    429: "Too many requests",
+}
+
+
+def error_responses(*codes: int) -> dict[int, OpenApiResponse]:
+    """OpenAPI responses for the given error status codes, all in the error shape."""
+    return {code: OpenApiResponse(ErrorOutputSerializer, description=ERROR_DESCRIPTIONS[code]) for code in codes}
 
 
 @extend_schema_field(JobOptionsSerializer)

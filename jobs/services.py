@@ -27,7 +27,7 @@ from flows import engine
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, JobLog, QueueState
 from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
-from jobs.validation import validate_job_fields
+from jobs.validation import NUL_MESSAGE, contains_nul, validate_job_fields
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
     IGNORED_FAILURE_POLICIES,
@@ -341,6 +341,8 @@ def job_submit(
 
     node = {"name": name, "queueName": queue_name, "data": data or {}, "opts": opts or {}}
     errors: dict[str, list[str]] = {}
+    if contains_nul(node):
+        errors["non_field_errors"] = [NUL_MESSAGE]
     name, queue_name, data, opts, options = validate_job_fields(node, "", errors)
     flow_id = flow_id or data.get("flowId")
     if flow_id is not None and not isinstance(flow_id, str):
@@ -415,6 +417,8 @@ def job_report(
     The parent and the flow follow exactly as for a job run by a worker.
     Raises ``InvalidTransition`` with the current status for any other move.
     """
+    if contains_nul([result, error, progress]):
+        raise SpecValidationError("Invalid job report.", {"non_field_errors": [NUL_MESSAGE]})
     if job.status == JobStatus.ACTIVE:
         started: StartedJob | None = StartedJob.from_job(job)
     else:

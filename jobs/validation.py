@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.conf import settings
 
 from jobs.handlers import handler_names
 from jobs.options import JobOptions, parse_job_options
+
+
+NUL_MESSAGE = "Text may not contain NUL (\\u0000) characters."
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character anywhere (PostgreSQL cannot store one)."""
+    return "\\u0000" in json.dumps(value)
 
 
 def field_path(path: str, key: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
@@ -19,6 +19,7 @@ from jobs import selectors, services
 from jobs.filters import JobFilter
 from jobs.models import Job
 from jobs.serializers import (
+    error_responses,
     DashboardOutputSerializer,
     JobOutputSerializer,
     JobSubmitInputSerializer,
@@ -27,11 +28,6 @@ from jobs.serializers import (
     QueueOutputSerializer,
 )
 
-ERRORS = {
-    400: OpenApiResponse(description="Invalid input: {error, details: {path: [messages]}}"),
-    401: OpenApiResponse(description="Not authenticated"),
-    404: OpenApiResponse(description="Unknown queue, or no such job (or not yours)"),
-}
 
 
 def _payload(job: Job) -> dict:
@@ -39,9 +35,9 @@ def _payload(job: Job) -> dict:
 
 
 @extend_schema_view(
-    list=extend_schema(responses={200: JobOutputSerializer(many=True), **ERRORS}, tags=["jobs"]),
-    retrieve=extend_schema(responses={200: JobOutputSerializer, **ERRORS}, tags=["jobs"]),
-    destroy=extend_schema(responses={204: None, 409: None, **ERRORS}, tags=["jobs"]),
+    list=extend_schema(responses={200: JobOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["jobs"]),
+    retrieve=extend_schema(responses={200: JobOutputSerializer, **error_responses(400, 401, 404)}, tags=["jobs"]),
+    destroy=extend_schema(responses={204: None, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"]),
 )
 class QueueJobViewSet(viewsets.GenericViewSet):
     """Jobs of one queue: list, submit, read, retry, delete."""
@@ -70,7 +66,7 @@ class QueueJobViewSet(viewsets.GenericViewSet):
     def retrieve(self, request, queue_name: str, job_id: str):
         return Response(_payload(self.get_object()))
 
-    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, 409: None, **ERRORS}, tags=["jobs"])
+    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"])
     def create(self, request, queue_name: str):
         data = JobSubmitInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -86,7 +82,7 @@ class QueueJobViewSet(viewsets.GenericViewSet):
         services.job_delete(job=self.get_object())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses={200: JobOutputSerializer, 409: None, **ERRORS}, tags=["jobs"])
+    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"])
     @action(detail=True, methods=["post"], filter_backends=[])
     def retry(self, request, queue_name: str, job_id: str):
         job = self.get_object()
@@ -108,7 +104,7 @@ class QueueViewSet(viewsets.ViewSet):
             return [IsAuthenticated(), IsAdminUser()]
         return [IsAuthenticated()]
 
-    @extend_schema(responses={200: QueueOutputSerializer(many=True), 401: None}, tags=["queues"])
+    @extend_schema(responses={200: QueueOutputSerializer(many=True), **error_responses(401)}, tags=["queues"])
     def list(self, request):
         counts = selectors.queue_status_counts(user=request.user)
         paused = selectors.paused_queues()
@@ -120,12 +116,12 @@ class QueueViewSet(viewsets.ViewSet):
         changed = services.queue_pause(name=name) if pause else services.queue_resume(name=name)
         return Response({"name": name, "paused": pause, "jobsAffected": changed})
 
-    @extend_schema(request=None, responses={200: QueueActionOutputSerializer, 403: None, **ERRORS}, tags=["queues"])
+    @extend_schema(request=None, responses={200: QueueActionOutputSerializer, **error_responses(400, 401, 403, 404)}, tags=["queues"])
     @action(detail=True, methods=["post"])
     def pause(self, request, name: str):
         return self._change(name, pause=True)
 
-    @extend_schema(request=None, responses={200: QueueActionOutputSerializer, 403: None, **ERRORS}, tags=["queues"])
+    @extend_schema(request=None, responses={200: QueueActionOutputSerializer, **error_responses(400, 401, 403, 404)}, tags=["queues"])
     @action(detail=True, methods=["post"])
     def resume(self, request, name: str):
         return self._change(name, pause=False)
@@ -134,7 +130,7 @@ class QueueViewSet(viewsets.ViewSet):
 class DashboardView(APIView):
     """Counts per queue and status, flows per status, and the latest failures."""
 
-    @extend_schema(responses={200: DashboardOutputSerializer, 401: None}, tags=["dashboard"])
+    @extend_schema(responses={200: DashboardOutputSerializer, **error_responses(401)}, tags=["dashboard"])
     def get(self, request):
         return Response(
             {

@@ -308,3 +308,20 @@ def test_detail_query_count_does_not_grow_with_jobs(api, user):
 
     assert len(response.json()["jobs"]) == 1000
     assert len(many) == len(few)
+
+
+@pytest.mark.parametrize("where", ["flowname", "data", "key"])
+def test_nul_characters_are_refused_with_400(api, where):
+    body = spec(1)
+    if where == "flowname":
+        body["flowname"] = "bad\x00name"
+    elif where == "data":
+        body["children"][0]["data"] = {"text": "a\x00b"}
+    else:
+        body["data"] = {"k\x00": 1}
+
+    response = api.post("/api/flows", body, format="json")
+
+    assert response.status_code == 400
+    assert "NUL" in response.json()["details"]["non_field_errors"][0]
+    assert not Flow.objects.exists()

@@ -1,0 +1,90 @@
+"""API authentication: tokens (hashed, revocable, expiring), Bearer and Token prefixes, sessions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+pytestmark = pytest.mark.django_db
+
+
+def test_token_from_username_and_password_works_with_both_prefixes(user):
+    client = APIClient()
+
+    response = client.post("/api/auth/token", {"username": "alice", "password": "pw-alice-123"}, format="json")
+
+    assert response.status_code == 201
+    token = response.json()["token"]
+    assert response.json()["expiry"]
+    stored = AuthToken.objects.get(user=user)
+    assert token not in (stored.digest, stored.token_key)  # only a hash is stored
+    for prefix in ("Bearer", "Token", "bearer"):
+        client.credentials(HTTP_AUTHORIZATION=f"{prefix} {token}")
+        assert client.get("/api/flows").status_code == 200, prefix
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"username": "alice", "password": "wrong"}, 401, "Invalid username or password."),
+        ({"username": "nobody", "password": "x"}, 401, "Invalid username or password."),
+        ({"username": "alice"}, 400, None),
+    ],
+)
+def test_token_errors(user, body, status, message):
+    response = APIClient().post("/api/auth/token/", body, format="json")
+
+    assert response.status_code == status
+    if message:
+        assert response.json()["error"] == message
+    else:
+        assert response.json()["details"]["password"] == ["This field is required."]
+
+
+def test_anonymous_bad_revoked_and_expired_tokens_get_401(user):
+    client = APIClient()
+    assert client.get("/api/flows").status_code == 401
+    assert client.get("/api/flows")["WWW-Authenticate"] == "Bearer"
+    client.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert client.get("/api/flows").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION="Bearer two words")
+    assert client.get("/api/flows").status_code == 401
+
+    instance, token = AuthToken.objects.create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert client.get("/api/flows").status_code == 200
+    instance.delete()  # revoked
+    assert client.get("/api/flows").status_code == 401
+
+    _, expired = AuthToken.objects.create(user=user, expiry=timedelta(seconds=-1))
+    client.credentials(HTTP_AUTHORIZATION=f"Token {expired}")
+    assert client.get("/api/flows").status_code == 401
+
+
+def test_create_api_token_command_prints_a_working_token(user, capsys):
+    call_command("create_api_token", "alice", "--days", "7")
+
+    token = capsys.readouterr().out.strip()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert client.get("/api/dashboard").status_code == 200
+
+
+def test_session_auth_serves_the_browsable_api(user):
+    client = APIClient()
+    client.login(username="alice", password="pw-alice-123")
+
+    response = client.get("/api/flows", HTTP_ACCEPT="text/html")
+
+    assert response.status_code == 200
+    assert b"Flowsite" in response.content or b"Flow" in response.content
+
+
+def test_health_and_schema_need_no_authentication():
+    client = APIClient()
+    assert client.get("/health").status_code == 200
+    assert client.get("/api/schema/").status_code == 200
