@@ -304,6 +304,10 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _worker_pids: set[int] = set()
 
 
+PG_SHARED = ("background writer", "checkpointer", "walwriter", "logical replication", "autovacuum launcher",
+             "archiver", "stats collector", "startup", "/usr/lib/postgresql")
+
+
 def _classify(pid: int, ppid: int, comm: str) -> str:
     if pid == os.getpid():
         return "client"
@@ -312,17 +316,18 @@ def _classify(pid: int, ppid: int, comm: str) -> str:
     if ppid in _worker_pids:
         return "pool children"
     if comm.startswith("redis-server"):
-        return "redis"
+        return "redis"  # shared with anything else using this Redis server
     if comm.startswith("postgres"):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+                title = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             return "postgres"
-        # Backends of other databases (e.g. a test suite running meanwhile) are not ours.
-        if " postgres " in cmdline and f" {DB_NAME} " not in cmdline and cmdline.count(" ") > 4:
-            return "other processes"
-        return "postgres"
+        if DB_NAME in title.split():
+            return "postgres"  # a backend (or autovacuum worker) of the bench database
+        if any(marker in title for marker in PG_SHARED):
+            return "postgres"  # server-wide processes (WAL writer, checkpointer...): shared
+        return "other processes"  # backends of other databases
     return "other processes"
 
 
@@ -359,6 +364,9 @@ def cpu_delta(before, after) -> dict[str, float]:
     return groups
 
 
+BENCH_GROUPS = ("client", "worker main", "pool children", "postgres", "redis")
+
+
 @dataclass
 class Measurement:
     jobs: int
@@ -369,6 +377,56 @@ class Measurement:
     @property
     def jobs_per_s(self) -> float:
         return self.jobs / self.seconds
+
+    @property
+    def cpu_ms_per_job(self) -> float | None:
+        """CPU of the bench's own processes (client, workers, PostgreSQL, Redis) per job, in ms."""
+        if not self.cpu:
+            return None
+        return 1000 * sum(self.cpu[group] for group in BENCH_GROUPS) / self.jobs
+
+    @property
+    def foreign_load(self) -> float | None:
+        """Share of the machine's CPU capacity used by anything else during the measurement."""
+        if not self.cpu:
+            return None
+        foreign = self.cpu["machine busy"] - sum(self.cpu[group] for group in BENCH_GROUPS)
+        return max(foreign, 0.0) / (self.seconds * (os.cpu_count() or 1))
+
+
+def machine_busy_fraction(window: float = 0.3) -> float:
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as handle:
+            values = [int(v) for v in handle.readline().split()[1:]]
+        return sum(values[:8]), values[3] + values[4]
+
+    total0, idle0 = read()
+    time.sleep(window)
+    total1, idle1 = read()
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+class QuietGate:
+    """Before each measurement, wait (a bounded time) until other load on the machine has calmed down."""
+
+    def __init__(self, *, threshold: float, max_wait: float, budget: float) -> None:
+        self.threshold, self.max_wait, self.budget = threshold, max_wait, budget
+        self.waited = 0.0
+        self.noisy_starts = 0
+
+    def wait(self) -> None:
+        if self.threshold >= 1:
+            return
+        began = time.monotonic()
+        while machine_busy_fraction() > self.threshold:
+            spent = time.monotonic() - began
+            if spent > self.max_wait or self.waited + spent > self.budget:
+                self.noisy_starts += 1
+                break
+        self.waited += time.monotonic() - began
+
+
+GATE = QuietGate(threshold=1.0, max_wait=0, budget=0)
 
 
 def _epoch(value: dt.datetime) -> float:
@@ -387,6 +445,7 @@ def run_tracked(shape: str, user, *, timeout: float = 120.0) -> Measurement:
     truncate_tables()
     specs = tracked_specs(shape)
     jobs = SHAPES[shape][1]
+    GATE.wait()
     cpu_before = cpu_snapshot()
     start = time.time()
     ids = [flow_create(owner=user, spec=spec).pk for spec in specs]
@@ -408,6 +467,7 @@ def run_tracked(shape: str, user, *, timeout: float = 120.0) -> Measurement:
 def run_plain(shape: str, *, timeout: float = 120.0) -> Measurement:
     signatures = plain_signatures(shape)
     jobs = SHAPES["C" if shape == "Cchain" else shape][1]
+    GATE.wait()
     cpu_before = cpu_snapshot()
     start = time.time()
     results = [sig.apply_async() for sig in signatures]
@@ -492,44 +552,59 @@ def run_embedded(concurrency: int | None) -> tuple[Measurement, int]:
 
 PROCESS_RE = re.compile(r"^process (\d+):")
 FRAME_RE = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+PROFILE_RATE = 250
 
-
-def _frames(stack: str) -> list[tuple[str, str]]:
-    frames = []
-    for raw in stack.split(";"):
-        match = FRAME_RE.match(raw)
-        if match:
-            frames.append((match["func"], match["file"] or ""))
-        else:
-            frames.append((raw, ""))
-    return frames
-
-
-# Categories of a pool child's time, by the first matching frame from the leaf up
-# (order matters: the most specific first).
-CHILD_CATEGORIES = [
-    ("job_start: UPDATE ... RETURNING (+flow_mark_running)", ("job_start",)),
-    ("job_children_outcomes: SELECT children", ("job_children_outcomes",)),
-    ("enqueue_jobs: publish the parent", ("enqueue_jobs",)),
-    ("flow_settle: count jobs, finish flow", ("flow_settle",)),
-    ("job_complete: UPDATE ... (+parent countdown)", ("job_complete",)),
-    ("handler + JobOptions + rest of run_job", ("run_job",)),
-    ("Celery trace around the task (signals, Django fixup, ack)", ("trace_task", "fast_trace_task")),
-    ("idle: waiting for the next task", ("workloop",)),
+# Phases of a pool child's time: the first phase (in this order) with a marker among
+# the sample's frames wins. Markers are bare function names (py-spy's qualname, last part).
+CHILD_PHASES = [
+    ("flow_mark_running: UPDATE flow (1st job of a flow per process)", {"flow_mark_running"}),
+    ("job_start: UPDATE job -> active RETURNING", {"job_start"}),
+    ("job_children_outcomes: SELECT children (parents only)", {"job_children_outcomes"}),
+    ("handler (no work)", {"bench_leaf", "bench_parent"}),
+    ("enqueue_jobs: publish the released parent", {"enqueue_jobs"}),
+    ("flow_settle: count jobs + UPDATE flow (roots only)", {"flow_settle"}),
+    ("job_complete: UPDATE job (+ parent countdown CTE)", {"job_complete"}),
+    ("run_job, rest (JobOptions, json.dumps, context)", {"run_job"}),
+    ("Celery trace outside the task (signals, Django fixup)", {"trace_task", "fast_trace_task"}),
+    ("between tasks: waiting for / reading the next task", {"workloop"}),
 ]
-MAIN_CATEGORIES = [
-    ("idle: event loop waiting (epoll)", ("poll", "_poll", "select")),
+MAIN_PHASES = [
+    ("ack each task (Redis MULTI/EXEC; acks_late)", {"ack_log_error", "basic_ack"}),
+    ("read message from Redis (BRPOP) -> Request -> pool", {"_brpop_read", "task_message_handler"}),
+    ("write the task to the pool child (pipe)", {"_write_job", "schedule_writes"}),
+    ("read the result from the pool child", {"on_result_readable", "_recv_message"}),
+    ("re-arm BRPOP / poll bookkeeping", {"on_poll_start", "_register_BRPOP"}),
+    ("idle: event loop waiting (epoll)", {"poll"}),
 ]
+WAIT_KINDS = ("wait PostgreSQL", "wait Redis", "wait pipe/loop")
 
 
-def analyse_profile(raw_files: list[Path], worker_pids: list[int]) -> str:
+def _wait_kind(frames: list[tuple[str, str]]) -> str | None:
+    """What a sample is blocked on, judged from its innermost frames; None = on CPU."""
+    if not frames:
+        return None
+    func, file = frames[-1]
+    name = func.rsplit(".", 1)[-1]
+    tail_files = " ".join(f for _, f in frames[-4:])
+    if name in ("wait", "wait_conn", "wait_c", "select", "wait_epoll", "wait_select") and "psycopg" in tail_files:
+        return "wait PostgreSQL"
+    if name in ("_read_from_socket", "read_response", "can_read_destructive") and "redis" in file:
+        return "wait Redis"
+    if name in ("_recv", "poll", "select", "_poll") or (name == "recv" and "billiard" in file):
+        return "wait pipe/loop"
+    return None
+
+
+def analyse_profile(raw_files: list[Path], worker_pids: list[int], rate: int = PROFILE_RATE) -> str:
     """Summarise py-spy raw (collapsed) stacks of the workers' main and pool processes."""
-    roles: dict[str, collections.Counter] = {"pool child": collections.Counter(), "worker main": collections.Counter()}
-    inclusive: dict[str, collections.Counter] = {"pool child": collections.Counter(), "worker main": collections.Counter()}
-    leaves: dict[str, collections.Counter] = {"pool child": collections.Counter(), "worker main": collections.Counter()}
-    totals: collections.Counter = collections.Counter()
-    sql_in_run_job = 0
-    run_job_total = 0
+    roles = ("pool child", "worker main")
+    phase_wall = {role: collections.Counter() for role in roles}
+    phase_kind = {role: collections.Counter() for role in roles}
+    busy_self = {role: collections.Counter() for role in roles}
+    busy_incl = {role: collections.Counter() for role in roles}
+    totals = collections.Counter()
+    busy_totals = collections.Counter()
+    processes = {role: set() for role in roles}
     for raw_file in raw_files:
         for line in raw_file.read_text().splitlines():
             stack, _, count_text = line.rpartition(" ")
@@ -543,66 +618,74 @@ def analyse_profile(raw_files: list[Path], worker_pids: list[int]) -> str:
                 parts = parts[1:]
             while parts and parts[0].startswith("thread "):
                 parts = parts[1:]
-            frames = _frames(";".join(parts))
-            funcs = [func for func, _ in frames]
+            frames = []
+            for raw in parts:
+                match = FRAME_RE.match(raw)
+                frames.append((match["func"], match["file"] or "") if match else (raw, ""))
             # py-spy --subprocesses prefixes "process <worker>:...;process <child>:..." for a pool child.
             role = "pool child" if len(pids) > 1 or (pids and pids[-1] not in worker_pids) else "worker main"
+            if pids:
+                processes[role].add(pids[-1])
+            names = {func.rsplit(".", 1)[-1] for func, _ in frames}
+            phases = CHILD_PHASES if role == "pool child" else MAIN_PHASES
+            phase = next((label for label, markers in phases if names & markers), "other")
+            kind = _wait_kind(frames)
             totals[role] += count
-            # inclusive time per function (counted once per stack)
-            seen = set()
-            for func, file in frames:
-                key = f"{func} ({Path(file).name})"
-                if key not in seen:
-                    seen.add(key)
-                    inclusive[role][key] += count
-            if frames:
+            phase_wall[role][phase] += count
+            phase_kind[role][(phase, kind or "CPU")] += count
+            if kind is None and frames:
+                busy_totals[role] += count
                 func, file = frames[-1]
-                leaves[role][f"{func} ({_short(file)})"] += count
-            categories = CHILD_CATEGORIES if role == "pool child" else MAIN_CATEGORIES
-            label = None
-            for name, markers in categories:
-                if any(marker in funcs for marker in markers):
-                    if role == "worker main" and funcs[-1] not in markers:
-                        continue
-                    label = name
-                    break
-            if role == "pool child" and "run_job" in funcs:
-                run_job_total += count
-                if any(f in ("execute", "fetchone", "_execute_send", "wait", "wait_c") for f in funcs[funcs.index("run_job"):]) and any(
-                    "psycopg" in file for _, file in frames
-                ):
-                    sql_in_run_job += count
-            if label is None:
-                label = "other (Celery/kombu: receive, deserialize, ack, pool I/O)" if role == "worker main" else "other (pool I/O, result send)"
-            roles[role][label] += count
-
+                busy_self[role][f"{func} ({_short(file)})"] += count
+                seen = set()
+                for func, file in frames:
+                    if "/work/main/" in file or file.startswith(("jobs/", "flows/", "bench/")) or "celery/" in file \
+                            or "kombu/" in file or "billiard/" in file or "django/" in file or "psycopg/" in file \
+                            or "redis/" in file:
+                        key = f"{func} ({_short(file)})"
+                        if key not in seen:
+                            seen.add(key)
+                            busy_incl[role][key] += count
     lines = []
-    for role in ("pool child", "worker main"):
+    for role in roles:
         total = totals[role]
         if not total:
             continue
-        lines.append(f"\n{role} processes: {total} samples (wall-clock incl. idle)")
-        lines.append("  where the time goes:")
-        for label, count in roles[role].most_common():
-            lines.append(f"    {100 * count / total:5.1f}%  {label}")
-        if role == "pool child" and run_job_total:
-            lines.append(
-                f"  of run_job's time, {100 * sql_in_run_job / run_job_total:.1f}% is inside psycopg (SQL round trips)"
-            )
-        lines.append("  top functions, inclusive (% of this role's samples):")
-        skip = {"<module>", "_run_module_as_main", "_run_code", "main", "start", "run", "__call__", "invoke",
-                "_main", "__main__", "worker_main"}
-        shown = 0
-        for key, count in inclusive[role].most_common(80):
-            if key.split(" (")[0] in skip:
+        busy = busy_totals[role]
+        lines.append(
+            f"\n### {role} processes ({len(processes[role])} processes, {total / rate:.1f} s of samples; "
+            f"on CPU {100 * busy / total:.0f}% of the time)\n"
+        )
+        lines.append(f"| {role}: phase | % of wall time | on CPU | wait PostgreSQL | wait Redis | wait pipe/loop |")
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        ordered = [label for label, _ in (CHILD_PHASES if role == "pool child" else MAIN_PHASES)] + ["other"]
+        for label in ordered:
+            wall = phase_wall[role][label]
+            if not wall:
                 continue
-            lines.append(f"    {100 * count / total:5.1f}%  {key}")
-            shown += 1
-            if shown >= 25:
-                break
-        lines.append("  top functions, self (leaf) time:")
-        for key, count in leaves[role].most_common(15):
-            lines.append(f"    {100 * count / total:5.1f}%  {key}")
+            cells = [f"{100 * phase_kind[role][(label, kind)] / total:.1f}%" for kind in ("CPU", *WAIT_KINDS)]
+            lines.append(f"| {label} | {100 * wall / total:.1f}% | " + " | ".join(cells) + " |")
+        cells = [
+            f"{100 * sum(v for (_, k), v in phase_kind[role].items() if k == kind) / total:.1f}%"
+            for kind in ("CPU", *WAIT_KINDS)
+        ]
+        lines.append(f"| **total** | 100% | " + " | ".join(cells) + " |")
+        if busy:
+            lines.append(f"\nTop functions by on-CPU time, inclusive (% of this role's on-CPU samples):")
+            skip_names = {"<module>", "main", "__call__", "invoke", "start", "run", "worker", "caller", "new_func",
+                          "_run_module_as_main", "_run_code"}
+            shown = 0
+            for key, count in busy_incl[role].most_common(200):
+                bare = key.split(" (")[0].rsplit(".", 1)[-1]
+                if bare in skip_names or count / busy > 0.97:
+                    continue
+                lines.append(f"    {100 * count / busy:5.1f}%  {key}")
+                shown += 1
+                if shown >= 20:
+                    break
+            lines.append("Top functions by on-CPU self time:")
+            for key, count in busy_self[role].most_common(12):
+                lines.append(f"    {100 * count / busy:5.1f}%  {key}")
     return "\n".join(lines)
 
 
@@ -613,7 +696,7 @@ def _short(file: str) -> str:
     try:
         return str(Path(file).resolve().relative_to(ROOT))
     except ValueError:
-        return Path(file).name
+        return file
 
 
 def profile_workers(workers: Workers, user, rounds: int, out_dir: Path) -> str:
@@ -628,7 +711,7 @@ def profile_workers(workers: Workers, user, rounds: int, out_dir: Path) -> str:
         spies.append(
             subprocess.Popen(
                 [py_spy, "record", "--pid", str(pid), "--subprocesses", "--idle", "--nonblocking",
-                 "--rate", "250", "--format", "raw", "--output", str(raw)],
+                 "--rate", str(PROFILE_RATE), "--format", "raw", "--output", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             )
         )
@@ -653,7 +736,7 @@ def profile_workers(workers: Workers, user, rounds: int, out_dir: Path) -> str:
         return "py-spy produced no output:\n" + "\n".join(errors)
     rates = ", ".join(f"{m.jobs_per_s:.0f}" for m in measurements)
     header = (
-        f"py-spy (250 Hz, nonblocking, --idle) on both workers during {rounds} x shape A tracked "
+        f"py-spy ({PROFILE_RATE} Hz, nonblocking, --idle) on both workers during {rounds} x shape A tracked "
         f"(jobs/s while profiled: {rates}); raw stacks in {out_dir}"
     )
     return header + analyse_profile(existing, workers.pids)
@@ -667,36 +750,47 @@ class Results:
     tracked: dict[str, list[Measurement]] = field(default_factory=lambda: collections.defaultdict(list))
     plain: dict[str, list[Measurement]] = field(default_factory=lambda: collections.defaultdict(list))
 
-    def median(self, side: str, shape: str) -> float | None:
-        runs = getattr(self, side).get(shape)
-        return statistics.median(m.jobs_per_s for m in runs) if runs else None
+    def runs(self, side: str, shape: str) -> list[Measurement]:
+        return getattr(self, side).get(shape) or []
 
-    def median_per_job(self, side: str, shape: str) -> float | None:
-        runs = getattr(self, side).get(shape)
-        return statistics.median(m.seconds / m.jobs for m in runs) if runs else None
+    def median(self, side: str, shape: str, attribute: str = "jobs_per_s") -> float | None:
+        values = [getattr(m, attribute) for m in self.runs(side, shape)]
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    def per_job_ms(self, side: str, shape: str) -> float | None:
+        runs = self.runs(side, shape)
+        return 1000 * statistics.median(m.seconds / m.jobs for m in runs) if runs else None
 
     def spread(self, side: str, shape: str) -> str:
-        runs = getattr(self, side).get(shape)
-        if not runs:
-            return "-"
-        rates = [m.jobs_per_s for m in runs]
-        return f"{min(rates):.0f}-{max(rates):.0f}"
+        rates = [m.jobs_per_s for m in self.runs(side, shape)]
+        return f"{min(rates):.0f}-{max(rates):.0f}" if rates else "-"
+
+    def all_runs(self) -> list[Measurement]:
+        return [m for side in (self.tracked, self.plain) for runs in side.values() for m in runs]
+
+
+def describe(m: Measurement) -> str:
+    foreign = m.foreign_load
+    return (
+        f"{m.jobs_per_s:6.0f} jobs/s ({m.seconds:6.3f} s, submit {m.submit_seconds:6.3f} s, "
+        f"cpu {m.cpu_ms_per_job or 0:5.2f} ms/job, other load {100 * (foreign or 0):3.0f}%)"
+    )
 
 
 def measure_round(results: Results, user, shapes: list[str], *, plain: bool = True) -> None:
     for shape in shapes:
         tracked = run_tracked(shape, user)
         results.tracked[shape].append(tracked)
-        line = f"  {shape:6s} tracked {tracked.jobs_per_s:7.0f} jobs/s ({tracked.seconds:.3f} s, submit {tracked.submit_seconds:.3f} s)"
+        log(f"  {shape:6s} tracked {describe(tracked)}")
         if plain:
             baseline = run_plain(shape)
             results.plain[shape].append(baseline)
-            line += f" | plain {baseline.jobs_per_s:7.0f} jobs/s ({baseline.seconds:.3f} s, submit {baseline.submit_seconds:.3f} s)"
+            log(f"  {shape:6s} plain   {describe(baseline)}")
             if shape == "C":
                 chained = run_plain("Cchain")
                 results.plain["Cchain"].append(chained)
-                line += f" | plain chain {chained.jobs_per_s:7.0f} jobs/s"
-        log(line)
+                log(f"  Cchain plain   {describe(chained)}")
 
 
 def fmt(value: float | None, digits: int = 0) -> str:
@@ -707,58 +801,93 @@ def ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+SHAPE_NAMES = {
+    "A": f"A: {A_FLOWS} flows x (1 parent + {A_CHILDREN} children)",
+    "B2000": f"B: 1 parent + {B_WIDE:,} children",
+    "B50": f"B: 1 parent + {B_NARROW} children",
+    "C": f"C: chain of depth {C_DEPTH} (plain: {C_DEPTH - 1} nested chords)",
+    "Cchain": f"C reference: plain `chain` of {C_DEPTH}",
+}
+
+
+def cpu_breakdown(results: Results) -> str:
+    lines = ["| Shape, side | " + " | ".join(BENCH_GROUPS) + " | total (ms CPU per job) |", "|---|" + "---:|" * 6]
+    for shape in ("A", "B2000", "C"):
+        for side in ("tracked", "plain"):
+            runs = results.runs(side, shape)
+            if not runs:
+                continue
+            cells = [statistics.median(1000 * m.cpu[g] / m.jobs for m in runs) for g in BENCH_GROUPS]
+            lines.append(
+                f"| {shape} {side} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {sum(cells):.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def render(results: Results, *, workers: int, concurrency: int, embedded: tuple[Measurement, int] | None,
-           variants: list[tuple[str, Results]], repeat: int, cpu_info: str) -> str:
-    rows = []
-    names = {
-        "A": f"A: {A_FLOWS} flows x (1 parent + {A_CHILDREN} children)",
-        "B2000": f"B: 1 parent + {B_WIDE:,} children",
-        "B50": f"B: 1 parent + {B_NARROW} children",
-        "C": f"C: chain of depth {C_DEPTH} (plain: nested chords)",
-    }
-    rows.append("| Shape | Jobs | Flowsite tracked, jobs/s | Plain Celery, jobs/s | Tracked / plain |")
-    rows.append("|---|---:|---:|---:|---:|")
-    for shape in ("A", "B2000", "B50", "C"):
-        t, p = results.median("tracked", shape), results.median("plain", shape)
-        rows.append(f"| {names[shape]} | {SHAPES[shape][1]:,} | {fmt(t)} | {fmt(p)} | {ratio(t, p)} |")
-    t, p = results.median("tracked", "C"), results.median("plain", "Cchain")
-    rows.append(f"| C reference: plain `chain` of {C_DEPTH} | {C_DEPTH} | {fmt(t)} | {fmt(p)} | {ratio(t, p)} |")
-    tw, tn = results.median_per_job("tracked", "B2000"), results.median_per_job("tracked", "B50")
-    pw, pn = results.median_per_job("plain", "B2000"), results.median_per_job("plain", "B50")
+           variants: list[tuple[str, Results]], repeat: int) -> str:
+    rows = [
+        "| Shape | Jobs | Flowsite tracked, jobs/s | Plain Celery, jobs/s | Tracked / plain | "
+        "CPU ms/job tracked | CPU ms/job plain |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for shape in ("A", "B2000", "B50", "C", "Cchain"):
+        tracked_shape = "C" if shape == "Cchain" else shape
+        t, p = results.median("tracked", tracked_shape), results.median("plain", shape)
+        tc, pc = results.median("tracked", tracked_shape, "cpu_ms_per_job"), results.median("plain", shape, "cpu_ms_per_job")
+        rows.append(
+            f"| {SHAPE_NAMES[shape]} | {SHAPES[tracked_shape][1]:,} | {fmt(t)} | {fmt(p)} | {ratio(t, p)} | "
+            f"{fmt(tc, 2)} | {fmt(pc, 2)} |"
+        )
+    tw, tn = results.per_job_ms("tracked", "B2000"), results.per_job_ms("tracked", "B50")
+    pw, pn = results.per_job_ms("plain", "B2000"), results.per_job_ms("plain", "B50")
+    twc, tnc = results.median("tracked", "B2000", "cpu_ms_per_job"), results.median("tracked", "B50", "cpu_ms_per_job")
+    pwc, pnc = results.median("plain", "B2000", "cpu_ms_per_job"), results.median("plain", "B50", "cpu_ms_per_job")
     rows.append(
         f"| B: per-job cost, {B_WIDE:,} vs {B_NARROW} children (target <= 1.25x) | - | "
-        f"{ratio(tw, tn)} ({fmt(tw * 1e3 if tw else None, 2)} vs {fmt(tn * 1e3 if tn else None, 2)} ms) | "
-        f"{ratio(pw, pn)} ({fmt(pw * 1e3 if pw else None, 2)} vs {fmt(pn * 1e3 if pn else None, 2)} ms) | - |"
+        f"{ratio(tw, tn)} ({fmt(tw, 2)} vs {fmt(tn, 2)} ms) | {ratio(pw, pn)} ({fmt(pw, 2)} vs {fmt(pn, 2)} ms) | - | "
+        f"{ratio(twc, tnc)} | {ratio(pwc, pnc)} |"
     )
     if embedded:
         measurement, threads = embedded
         rows.append(
             f"| A, embedded mode (SQLite + filesystem broker, in-process worker, {threads} threads) | "
-            f"{measurement.jobs:,} | {measurement.jobs_per_s:,.0f} | - | - |"
+            f"{measurement.jobs:,} | {measurement.jobs_per_s:,.0f} | - | - | - | - |"
         )
     for label, variant in variants:
         t, p = variant.median("tracked", "A"), variant.median("plain", "A")
-        rows.append(f"| A, variant: {label} | {SHAPES['A'][1]:,} | {fmt(t)} | {fmt(p)} | {ratio(t, p)} |")
+        tc, pc = variant.median("tracked", "A", "cpu_ms_per_job"), variant.median("plain", "A", "cpu_ms_per_job")
+        rows.append(
+            f"| A, variant: {label} | {SHAPES['A'][1]:,} | {fmt(t)} | {fmt(p)} | {ratio(t, p)} | "
+            f"{fmt(tc, 2)} | {fmt(pc, 2)} |"
+        )
+    loads = [m.foreign_load for m in results.all_runs() if m.foreign_load is not None]
     notes = (
-        f"\nMedian of {repeat} runs per cell; time = first submission to last completion (server-side timestamps). "
-        f"Service mode: PostgreSQL + Redis on the same machine ({cpu_info}), {workers} x "
-        f"`celery -A flowsite worker -P prefork -c {concurrency}` shared by both columns, project Celery settings "
-        f"(prefetch multiplier 1, acks_late); plain Celery uses the Redis result backend and broker_pool_limit="
-        f"{BROKER_POOL_LIMIT}. Handlers do no work. Command: `.venv/bin/python bench/flows.py`."
+        f"\nMedian of {repeat} runs per cell ({B_NARROW}-children flow: {3 * repeat} runs). jobs/s = jobs / time from "
+        f"the first submission to the last completion (server-side timestamps: flows' `completed_at`, the final "
+        f"task's `date_done`). CPU ms/job = CPU time of the submitting process, both Celery workers (main + pool "
+        f"processes), the bench database's PostgreSQL backends (+ WAL writer/checkpointer) and redis-server, per job. "
+        f"Machine: {os.cpu_count()} CPUs running everything (PostgreSQL, Redis, workers, submitter). Service mode: "
+        f"{workers} x `celery -A flowsite worker -P prefork -c {concurrency}` run both columns (same processes), "
+        f"project Celery settings (prefetch multiplier 1, acks_late, Redis priority queues); plain Celery uses the "
+        f"Redis result backend, `chord(group(children), parent)` for A/B, and `broker_pool_limit={BROKER_POOL_LIMIT}` "
+        f"(needed by the nested chords). Handlers do no work. Other load on the machine during the runs: median "
+        f"{100 * statistics.median(loads) if loads else 0:.0f}%, max {100 * max(loads) if loads else 0:.0f}% of its "
+        f"CPU. Command: `.venv/bin/python bench/flows.py`."
     )
     return "\n".join(rows) + "\n" + notes
 
 
 def check_nested_chord_default_pool(timeout: float) -> str:
-    """Does plain Celery finish 50 nested chords with the default broker_pool_limit (10)? Separate process."""
+    """Do plain nested chords (C) finish with Celery's default broker_pool_limit (10)? Separate process."""
     code = (
-        "import os, sys, time\n"
+        "import sys, time\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "import django; django.setup()\n"
         "from bench import flows as b\n"
         "from flowsite.celery import app\n"
-        "print('broker_pool_limit', app.conf.broker_pool_limit, flush=True)\n"
-        "t = time.time(); m = b.run_plain('C', timeout=%r); print('OK %%.3f' %% m.seconds, flush=True)\n" % timeout
+        "print('client broker_pool_limit', app.conf.broker_pool_limit, flush=True)\n"
+        f"m = b.run_plain('C', timeout={timeout!r}); print('finished in %.3f s' % m.seconds, flush=True)\n"
     )
     env = service_env()
     env.pop("BENCH_BROKER_POOL_LIMIT")
@@ -767,42 +896,47 @@ def check_nested_chord_default_pool(timeout: float) -> str:
                               timeout=timeout + 30)
         out = proc.stdout + proc.stderr
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        out += "\n(client hung: killed)"
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out += "\nclient hung (killed)"
     last = [line for line in out.splitlines() if line.strip()][-1:] or ["(no output)"]
     return last[0]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per shape and side (median reported)")
+    parser = argparse.ArgumentParser(
+        description="Flowsite engine benchmark (see the module docstring: `head -60 bench/flows.py`)."
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per shape and side; the median is reported")
     parser.add_argument("--workers", type=int, default=2, help="celery worker instances (default 2)")
     parser.add_argument("--concurrency", type=int, default=1, help="prefork processes per worker (default 1)")
-    parser.add_argument("--profile", action="store_true", help="py-spy the workers during shape A (tracked)")
+    parser.add_argument("--shapes", default="A,B2000,B50,C", help="comma list of A,B2000,B50,C")
+    parser.add_argument("--profile", action="store_true", help="also py-spy the workers during shape A (tracked)")
     parser.add_argument("--profile-only", action="store_true", help="only the profile, no benchmark")
-    parser.add_argument("--profile-rounds", type=int, default=3)
+    parser.add_argument("--profile-rounds", type=int, default=2, help="shape A runs while profiling")
     parser.add_argument("--variants", action="store_true",
-                        help="extra rows for shape A: prefetch multiplier 4; 2 workers x 2 processes")
+                        help="extra rows for shape A: prefetch multiplier 4; 2 processes per worker")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded-mode run")
     parser.add_argument("--check-default-pool", action="store_true",
-                        help="also try plain nested chords (C) with the default broker_pool_limit")
-    parser.add_argument("--keep-logs", action="store_true", help="keep worker logs / profiles (temp dir)")
+                        help="also try plain nested chords (C) with Celery's default broker_pool_limit in the client")
+    parser.add_argument("--quiet-threshold", type=float, default=0.35,
+                        help="before each measurement wait until the machine is less busy than this (0-1; 1 = off)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with worker logs and profiles")
     parser.add_argument("--analyse-profile", metavar="DIR",
-                        help="only summarise the py-spy profile-<pid>.txt files kept in DIR by --profile")
+                        help="only summarise the py-spy profile-<pid>.txt files that --profile left in DIR")
     parser.add_argument("--embedded-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--embedded-concurrency", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.analyse_profile:
         files = sorted(Path(args.analyse_profile).glob("profile-*.txt"))
-        pids = [int(f.stem.split("-")[1]) for f in files]
-        print(analyse_profile(files, pids))
+        print(analyse_profile(files, [int(f.stem.split("-")[1]) for f in files]))
         return
     if args.embedded_child:
         embedded_child(args.embedded_concurrency)
         return
 
     began = time.monotonic()
+    GATE.threshold, GATE.max_wait, GATE.budget = args.quiet_threshold, 10.0, 60.0
     ensure_database()
     env = service_env()
     os.environ.clear()
@@ -818,47 +952,46 @@ def main() -> None:
     user, _ = get_user_model().objects.get_or_create(username="bench")
     flush_redis()
     log_dir = Path(tempfile.mkdtemp(prefix="flowsite-bench-"))
-    cpu_info = f"{os.cpu_count()} CPUs"
-    log(f"bench DB {DB_NAME}, Redis {REDIS_URL}, worker logs in {log_dir}")
+    log(f"bench DB {DB_NAME} (migrated, emptied), Redis {REDIS_URL} (flushed), worker logs in {log_dir}")
 
+    shapes = [shape.strip() for shape in args.shapes.split(",") if shape.strip()]
     results = Results()
     variants: list[tuple[str, Results]] = []
     embedded = None
     profile_text = None
     default_pool_check = None
-    shapes = ["A", "B2000", "B50", "C"]
     try:
         workers = start_workers(count=args.workers, concurrency=args.concurrency, log_dir=log_dir, label="main")
         try:
             from bench.handlers import pool_limit
 
             info = pool_limit.apply_async().get(timeout=30)
-            log(f"workers up ({args.workers} x prefork -c {args.concurrency}); worker settings: {info}")
+            log(f"workers up ({args.workers} x prefork -c {args.concurrency}); a pool process reports {info}")
             warm_up(user)
             if not args.profile_only:
                 for index in range(args.repeat):
                     log(f"round {index + 1}/{args.repeat}")
                     measure_round(results, user, shapes)
-                    # B50 is short (tens of ms): sample it more often to steady the 2000-vs-50 ratio.
-                    for _ in range(2):
-                        measure_round(results, user, ["B50"])
+                    if "B50" in shapes:
+                        # B50 takes a fraction of a second: sample it more to steady the 2000-vs-50 ratio.
+                        measure_round(results, user, ["B50", "B50"])
                 if args.check_default_pool:
-                    log("plain nested chords (C) with the default broker_pool_limit ...")
+                    log("plain nested chords (C) with Celery's default broker_pool_limit in the client ...")
                     default_pool_check = check_nested_chord_default_pool(60)
                     log(f"  -> {default_pool_check}")
             if args.profile or args.profile_only:
-                log("profiling shape A (tracked) with py-spy ...")
+                log(f"profiling shape A (tracked) x {args.profile_rounds} with py-spy ...")
                 profile_text = profile_workers(workers, user, args.profile_rounds, log_dir)
         finally:
             stop_workers(workers)
 
         if args.variants and not args.profile_only:
-            for label, count, concurrency, extra in (
-                ("prefetch multiplier 4", args.workers, args.concurrency, {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4"}),
-                (f"{args.workers} workers x 2 processes", args.workers, 2, {}),
+            for label, concurrency, extra in (
+                ("prefetch multiplier 4", args.concurrency, {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4"}),
+                (f"{args.workers} workers x 2 processes", 2, {}),
             ):
                 variant = Results()
-                workers = start_workers(count=count, concurrency=concurrency, log_dir=log_dir,
+                workers = start_workers(count=args.workers, concurrency=concurrency, log_dir=log_dir,
                                         label=re.sub(r"\W+", "-", label), **extra)
                 try:
                     log(f"variant: {label}")
@@ -870,9 +1003,10 @@ def main() -> None:
                 variants.append((label, variant))
 
         if not args.no_embedded and not args.profile_only:
-            log("embedded mode, shape A (subprocess, temporary FLOWSITE_DATA_DIR) ...")
+            log("embedded mode, shape A (subprocess, temporary FLOWSITE_DATA_DIR, SQLite + filesystem broker) ...")
             embedded = run_embedded(None)
-            log(f"  embedded A: {embedded[0].jobs_per_s:.0f} jobs/s ({embedded[0].seconds:.2f} s)")
+            log(f"  embedded A: {embedded[0].jobs_per_s:.0f} jobs/s ({embedded[0].seconds:.2f} s, "
+                f"{embedded[1]} worker threads)")
     finally:
         truncate_tables()
         flush_redis()
@@ -880,20 +1014,25 @@ def main() -> None:
             shutil.rmtree(log_dir, ignore_errors=True)
 
     if profile_text:
-        print("\n## Profile\n")
+        print("\n## Where the workers' time goes (shape A, tracked)\n")
         print(profile_text)
     if not args.profile_only:
-        print("\n## Results (jobs/s, higher is better)\n")
+        print("\n## Runs (jobs/s: median, min-max)\n")
         for shape in ("A", "B2000", "B50", "C", "Cchain"):
             for side in ("tracked", "plain"):
-                if getattr(results, side).get(shape):
-                    print(f"  {shape:6s} {side:7s} median {fmt(results.median(side, shape)):>7s} jobs/s "
-                          f"(runs: {results.spread(side, shape)})")
+                if results.runs(side, shape):
+                    print(f"  {shape:6s} {side:7s} {fmt(results.median(side, shape)):>7s} jobs/s "
+                          f"(runs: {results.spread(side, shape)}; per job {results.per_job_ms(side, shape):.2f} ms)")
         if default_pool_check:
-            print(f"\n  plain nested chords with default broker_pool_limit: {default_pool_check}")
-        print()
+            print(f"\n  plain nested chords (C) with the default broker_pool_limit: {default_pool_check}")
+        if GATE.waited or GATE.noisy_starts:
+            print(f"\n  waited {GATE.waited:.0f} s in total for other load to calm down; "
+                  f"{GATE.noisy_starts} measurement(s) started while the machine was busy")
+        print("\n## CPU per job by process group (ms, median)\n")
+        print(cpu_breakdown(results))
+        print("\n## Results (paste into BENCHMARKS.md)\n")
         print(render(results, workers=args.workers, concurrency=args.concurrency, embedded=embedded,
-                     variants=variants, repeat=args.repeat, cpu_info=cpu_info))
+                     variants=variants, repeat=args.repeat))
     log(f"total bench time {time.monotonic() - began:.0f} s")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from jobs.serializers import JobOptionsField, JobOutputSerializer
+from jobs.serializers import JobOptionsField, JobStateOutputSerializer
 from jobs.vocabulary import FlowStatus, JobStatus
 
 
@@ -62,7 +62,7 @@ class FlowDetailOutputSerializer(FlowOutputSerializer):
     jobs = serializers.SerializerMethodField()
     jobStructure = serializers.JSONField(source="job_structure")
 
-    def get_jobs(self, flow) -> JobOutputSerializer(many=True):
+    def get_jobs(self, flow) -> JobStateOutputSerializer(many=True):
         return self.context["jobs"]
 
 

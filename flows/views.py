@@ -22,7 +22,7 @@ from flows.serializers import (
     FlowOutputSerializer,
 )
 from jobs.models import Job
-from jobs.selectors import JOB_PAYLOAD_FIELDS, job_payload, job_payloads
+from jobs.selectors import JOB_PAYLOAD_FIELDS, JOB_STATE_FIELDS, job_payload, job_payloads, job_state_payload
 from jobs.serializers import JobOutputSerializer, JobReportInputSerializer, error_responses
 from jobs.services import job_report
 
@@ -67,7 +67,7 @@ class FlowViewSet(viewsets.GenericViewSet):
         flow = get_object_or_404(self.get_queryset().defer(None), pk=flow_id)
         context = {
             "progress": {flow.pk: selectors.flow_progress(flow=flow)},
-            "jobs": job_payloads(selectors.flow_jobs(flow=flow)),
+            "jobs": [job_state_payload(row) for row in selectors.flow_jobs(flow=flow).values(*JOB_STATE_FIELDS)],
         }
         return Response(FlowDetailOutputSerializer(flow, context=context).data)
 

@@ -54,6 +54,31 @@ def job_payload(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# A job's state without its definition (``data``/``opts`` are in the flow's jobStructure).
+JOB_STATE_FIELDS = (
+    "id", "parent_id", "name", "queue_name", "status", "progress", "attempts_made",
+    "result", "error", "created_at", "started_at", "finished_at",
+)
+
+
+def job_state_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """A job's state, for the flow detail's ``jobs`` list (documented by ``JobStateOutputSerializer``)."""
+    return {
+        "jobId": row["id"],
+        "parentJobId": row["parent_id"],
+        "name": row["name"],
+        "queueName": row["queue_name"],
+        "status": row["status"],
+        "progress": row["progress"],
+        "attemptsMade": row["attempts_made"],
+        "result": row["result"],
+        "error": row["error"] or None,
+        "createdAt": iso(row["created_at"]),
+        "startedAt": iso(row["started_at"]),
+        "finishedAt": iso(row["finished_at"]),
+    }
+
+
 def job_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Job]:
     """Jobs the user may see: their own (flow jobs belong to the flow's owner); staff see all."""
     jobs = Job.objects.all()

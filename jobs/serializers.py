@@ -72,6 +72,23 @@ class JobOutputSerializer(serializers.Serializer):
     finishedAt = serializers.DateTimeField(allow_null=True)
 
 
+class JobStateOutputSerializer(serializers.Serializer):
+    """A job's state in a flow's detail (built by ``jobs.selectors.job_state_payload``)."""
+
+    jobId = serializers.CharField()
+    parentJobId = serializers.CharField(allow_null=True)
+    name = serializers.CharField()
+    queueName = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    progress = serializers.JSONField()
+    attemptsMade = serializers.IntegerField()
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+
+
 class JobReportInputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ReportedJobStatus.choices)
     result = serializers.JSONField(required=False, allow_null=True)

@@ -1,55 +1,61 @@
-"""Writing planned legacy flows: one transaction per flow, bulk inserts, legacy timestamps kept."""
+"""Writing planned legacy flows: bulk inserts, all of a flow or none of it, legacy timestamps kept."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, models, transaction
 
 from flows.legacy.plan import FlowPlan
 from flows.models import Flow
 from jobs.models import Job
 
-BULK_BATCH_SIZE = 1000
 
+def write_flows(*, plans: list[FlowPlan]) -> list[tuple[FlowPlan, DatabaseError]]:
+    """Insert these flows and all their jobs; return the ones that failed, with the error.
 
-def write_flow(*, plan: FlowPlan) -> None:
-    """Insert one flow and all its jobs in one transaction: all of it, or nothing.
-
-    ``created_at`` is ``auto_now_add`` (and ``Flow.updated_at`` is ``auto_now``),
-    so inserting overwrites the legacy timestamps with the current time; one
-    UPDATE per table, in the same transaction, puts them back.
+    Every plan was fully checked while planning, so the batch goes in as one
+    transaction of a few bulk INSERTs (one commit per flow would cost more than
+    the flow itself). If the database refuses it anyway, each flow is retried
+    in a transaction of its own: a flow is always written whole or not at all,
+    and one bad flow never keeps the others out.
     """
-    flow_times = {"created_at": plan.flow.created_at, "updated_at": plan.flow.updated_at}
-    job_times = [job.created_at for job in plan.jobs]
-    with transaction.atomic():
-        Flow.objects.bulk_create([plan.flow])
-        Job.objects.bulk_create(plan.jobs, batch_size=BULK_BATCH_SIZE)
-        Flow.objects.filter(pk=plan.flow.pk).update(**flow_times)
-        for job, created_at in zip(plan.jobs, job_times):
-            job.created_at = created_at
-        if plan.jobs:
-            Job.objects.bulk_update(plan.jobs, ["created_at"], batch_size=BULK_BATCH_SIZE)
-    for field, value in flow_times.items():
-        setattr(plan.flow, field, value)
-
-
-@contextmanager
-def fast_commits() -> Iterator[None]:
-    """Let PostgreSQL acknowledge this session's commits before flushing them to disk.
-
-    One commit per flow would otherwise wait for a WAL flush each time. A server
-    crash can lose only the last moment's commits, never half a flow, and running
-    the (idempotent) migration again restores them. Other sessions are unaffected.
-    """
-    if connection.vendor != "postgresql":
-        yield
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SET synchronous_commit TO off")
     try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("RESET synchronous_commit")
+        with transaction.atomic():
+            _insert(plans)
+        return []
+    except DatabaseError as exc:
+        if len(plans) == 1:
+            return [(plans[0], exc)]
+    failures = []
+    for plan in plans:
+        try:
+            with transaction.atomic():
+                _insert([plan])
+        except DatabaseError as exc:
+            failures.append((plan, exc))
+    return failures
+
+
+def _insert(plans: list[FlowPlan]) -> None:
+    insert_as_is(Flow, [plan.flow for plan in plans])
+    insert_as_is(Job, [job for plan in plans for job in plan.jobs])
+
+
+def insert_as_is(model: type[models.Model], objs: list[models.Model]) -> None:
+    """``bulk_create``, except that every value is written exactly as the object holds it.
+
+    ``created_at`` is ``auto_now_add`` and ``Flow.updated_at`` is ``auto_now``:
+    ``bulk_create`` would replace the legacy timestamps with the current time.
+    A raw insert skips the fields' ``pre_save()``, as ``loaddata`` does for
+    fixtures (``Model.save_base(raw=True)``), so no second UPDATE is needed.
+    The tests check the timestamps, so a Django upgrade that changed this fails them.
+    """
+    if not objs:
+        return
+    fields = [field for field in model._meta.concrete_fields if not field.generated]
+    size = connection.ops.bulk_batch_size(fields, objs) or len(objs)
+    manager = model._base_manager
+    for start in range(0, len(objs), size):
+        manager._insert(objs[start : start + size], fields=fields, raw=True, using=connection.alias)
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = connection.alias
