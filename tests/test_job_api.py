@@ -184,3 +184,18 @@ def test_a_paused_queue_holds_its_jobs_until_resumed(engine_db, user, staff_user
     assert resumed.json()["jobsAffected"] >= 1
     wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.COMPLETED, message="the job after resume")
     assert Job.objects.get(pk=job_id).result == 9
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "method, suffix, owner_status",
+    [("get", "", 200), ("post", "/retry", 409), ("delete", "", 204)],
+)
+def test_job_permission_matrix_owner_other_anonymous(user, other_user, method, suffix, owner_status):
+    job_id = token_client(user).post("/api/jobs/image", {"name": "test-value"}, format="json").json()["jobId"]
+    url = f"/api/jobs/image/{job_id}{suffix}"
+
+    assert getattr(token_client(None), method)(url).status_code == 401
+    assert getattr(token_client(other_user), method)(url).status_code == 404
+    assert Job.objects.filter(pk=job_id).exists()
+    assert getattr(token_client(user), method)(url).status_code == owner_status

@@ -243,7 +243,7 @@ def test_migrates_every_case_of_every_source(kind, make_legacy, alice, keeper, d
     # H, I: skipped, with the row's legacy id and the reason.
     assert not Flow.objects.filter(legacy_id=str(ids["broken"])).exists()
     assert f"FlowJob {ids['broken.row']}: {ids['broken.reason']}" in out
-    assert f"FlowJob {ids['orphan.row']}: (jobId bull-orphan)" in out and "does not exist" in out
+    assert f"FlowJob {ids['orphan.row']}: its flow " in out and "does not exist (jobId bull-orphan)" in out
 
     # Every flow's status is the engine's rule applied to its migrated jobs.
     for flow in Flow.objects.exclude(status=FlowStatus.CANCELLED):

@@ -6,14 +6,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from django.db import DatabaseError
-
 from flows.legacy.owners import OwnerResolver, find_owner, ownerless_message
 from flows.legacy.plan import BadRow, FlowPlan, plan_legacy_flow
 from flows.legacy.report import Issue, MigrationReport
 from flows.legacy.source import LegacyFlow, LegacyJob, LegacySource, LegacySourceError, open_source
 from flows.legacy.values import legacy_id_text
-from flows.legacy.writer import fast_commits, write_flow
+from flows.legacy.writer import write_flows
 from flows.models import Flow
 
 DEFAULT_BATCH_SIZE = 500
@@ -54,12 +52,11 @@ def migrate_legacy_flows(
             report = MigrationReport(source=source.label, dry_run=dry_run, total_flows=source.count_flows())
             _check_ownerless(source=source, fallback=fallback)
             owners = OwnerResolver(source=source, report=report, dry_run=dry_run, fallback=fallback)
-            with fast_commits():
-                for batch in source.iter_flow_batches(batch_size):
-                    _migrate_batch(batch, owners=owners, report=report, dry_run=dry_run)
-                    report.elapsed = time.monotonic() - started
-                    if progress is not None:
-                        progress(report)
+            for batch in source.iter_flow_batches(batch_size):
+                _migrate_batch(batch, owners=owners, report=report, dry_run=dry_run)
+                report.elapsed = time.monotonic() - started
+                if progress is not None:
+                    progress(report)
             _report_orphan_jobs(source=source, report=report)
             report.elapsed = time.monotonic() - started
             if drop_legacy:
@@ -93,29 +90,37 @@ def already_migrated(legacy_ids: Iterable[str]) -> set[str]:
 def _migrate_batch(
     batch: list[tuple[LegacyFlow, list[LegacyJob]]], *, owners: OwnerResolver, report: MigrationReport, dry_run: bool
 ) -> None:
+    """Plan the batch's flows not migrated yet, write them (unless a dry run), and count."""
     report.flows_seen += len(batch)
     done = already_migrated(legacy_id_text(flow.id) for flow, _ in batch)
     pending = [(flow, rows) for flow, rows in batch if legacy_id_text(flow.id) not in done]
     report.flows_already_migrated += len(batch) - len(pending)
     owners.resolve(flows=(flow for flow, _ in pending))
+    plans = _plan(pending, owners=owners, report=report)
+    failed = {} if dry_run else _write(plans, report=report)
+    for plan in plans:
+        if plan.legacy_id not in failed:
+            _record(plan, report=report)
+
+
+def _plan(
+    pending: list[tuple[LegacyFlow, list[LegacyJob]]], *, owners: OwnerResolver, report: MigrationReport
+) -> list[FlowPlan]:
+    plans = []
     for flow, rows in pending:
         try:
-            plan = plan_legacy_flow(legacy=flow, rows=rows, owner_id=owners.owner_id(flow))
+            plans.append(plan_legacy_flow(legacy=flow, rows=rows, owner_id=owners.owner_id(flow)))
         except BadRow as bad:
             report.skip_flow(bad.issue, jobs=len(rows))
-            continue
-        if not dry_run and not _write(plan, report=report):
-            continue
-        _record(plan, report=report)
+    return plans
 
 
-def _write(plan: FlowPlan, *, report: MigrationReport) -> bool:
-    try:
-        write_flow(plan=plan)
-    except DatabaseError as exc:  # e.g. migrated meanwhile by another run: that flow only
+def _write(plans: list[FlowPlan], *, report: MigrationReport) -> set[str]:
+    """Write the plans; report and return the legacy ids of those the database refused."""
+    failed = write_flows(plans=plans)
+    for plan, exc in failed:  # e.g. migrated meanwhile by a concurrent run
         report.skip_flow(Issue("Flow", plan.legacy_id, f"could not be written: {exc}".strip()), jobs=len(plan.jobs))
-        return False
-    return True
+    return {plan.legacy_id for plan, _ in failed}
 
 
 def _record(plan: FlowPlan, *, report: MigrationReport) -> None:
@@ -133,7 +138,7 @@ def _report_orphan_jobs(*, source: LegacySource, report: MigrationReport) -> Non
             Issue(
                 "FlowJob",
                 legacy_id_text(row_id),
-                f"(jobId {job_id}) belongs to flow {flow_id}, which does not exist: not migrated",
+                f"its flow {flow_id} does not exist (jobId {job_id}): not migrated",
             )
         )
         report.jobs_skipped += 1

@@ -56,9 +56,10 @@ def rebuild_tree(*, root_name: str, rows: Sequence[JobRow]) -> Tree:
     """
     if not rows:
         return Tree(root=None)
+    keys = [signature(row.queue_name, row.data) for row in rows]
     best: Tree | None = None
-    for candidate in _root_candidates(rows)[:MAX_ROOT_TRIES]:
-        tree = _grow(candidate, root_name, rows)
+    for candidate in _root_candidates(rows, keys)[:MAX_ROOT_TRIES]:
+        tree = _grow(candidate, root_name, rows, keys)
         if not tree.unplaced:
             return tree
         if best is None or len(tree.unplaced) < len(best.unplaced):
@@ -72,7 +73,7 @@ def _definition_signature(definition: dict[str, Any]) -> tuple[str, str]:
     return signature(definition.get("queueName"), data if data is not None else {})
 
 
-def _root_candidates(rows: Sequence[JobRow]) -> list[int]:
+def _root_candidates(rows: Sequence[JobRow], keys: list[tuple[str, str]]) -> list[int]:
     """Rows no definition claims come first: one of them is the root."""
     claims = Counter(
         _definition_signature(d) for row in rows for d in row.children if isinstance(d, dict)
@@ -80,19 +81,18 @@ def _root_candidates(rows: Sequence[JobRow]) -> list[int]:
     seen: Counter[tuple[str, str]] = Counter()
     unclaimed: list[int] = []
     claimed: list[int] = []
-    for index, row in enumerate(rows):
-        key = signature(row.queue_name, row.data)
+    for index, key in enumerate(keys):
         seen[key] += 1
         (claimed if seen[key] <= claims[key] else unclaimed).append(index)
     return unclaimed + claimed
 
 
-def _grow(root: int, root_name: str, rows: Sequence[JobRow]) -> Tree:
+def _grow(root: int, root_name: str, rows: Sequence[JobRow], keys: list[tuple[str, str]]) -> Tree:
     """Place rows breadth-first from ``root``, each definition taking the first free match."""
     free: dict[tuple[str, str], deque[int]] = {}
-    for index, row in enumerate(rows):
+    for index, key in enumerate(keys):
         if index != root:
-            free.setdefault(signature(row.queue_name, row.data), deque()).append(index)
+            free.setdefault(key, deque()).append(index)
     tree = Tree(root=root, placements={root: Placement(parent=None, position=0, name=root_name)})
     pending: deque[tuple[int, list[Any]]] = deque([(root, rows[root].children)])
     while pending:

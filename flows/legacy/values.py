@@ -40,6 +40,8 @@ LEGACY_STATUS_ALIASES: dict[str, JobStatus] = {
     "canceled": JobStatus.CANCELLED,
 }
 
+_STATUSES: dict[str, JobStatus] = {status.value: status for status in JobStatus}
+
 # Legacy services injected these into every job's data; they are not the user's data.
 INJECTED_DATA_KEYS = frozenset({"flowId", "_flowMetadata"})
 
@@ -129,9 +131,12 @@ def map_status(value: Any) -> tuple[JobStatus, bool]:
     """
     if not isinstance(value, str):
         return FALLBACK_JOB_STATUS, False
+    status = _STATUSES.get(value)  # the usual case, checked first: it is one dict lookup
+    if status is not None:
+        return status, True
     key = value.strip().lower().replace("_", "-").replace(" ", "-")
-    if key in JobStatus.values:
-        return JobStatus(key), True
+    if key in _STATUSES:
+        return _STATUSES[key], True
     alias = LEGACY_STATUS_ALIASES.get(key) or LEGACY_STATUS_ALIASES.get(key.replace("-", ""))
     if alias is not None:
         return alias, True

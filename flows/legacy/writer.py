@@ -8,6 +8,9 @@ from flows.legacy.plan import FlowPlan
 from flows.models import Flow
 from jobs.models import Job
 
+# Rows per INSERT statement: PostgreSQL takes at most 65,535 parameters per statement.
+BULK_BATCH_SIZE = 1000
+
 
 def write_flows(*, plans: list[FlowPlan]) -> list[tuple[FlowPlan, DatabaseError]]:
     """Insert these flows and all their jobs; return the ones that failed, with the error.
@@ -52,7 +55,7 @@ def insert_as_is(model: type[models.Model], objs: list[models.Model]) -> None:
     if not objs:
         return
     fields = [field for field in model._meta.concrete_fields if not field.generated]
-    size = connection.ops.bulk_batch_size(fields, objs) or len(objs)
+    size = min(connection.ops.bulk_batch_size(fields, objs) or BULK_BATCH_SIZE, BULK_BATCH_SIZE)
     manager = model._base_manager
     for start in range(0, len(objs), size):
         manager._insert(objs[start : start + size], fields=fields, raw=True, using=connection.alias)
