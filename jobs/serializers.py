@@ -50,28 +50,6 @@ class JobOptionsField(serializers.DictField):
     """``opts`` as a plain object: the engine validates it, with its own error paths."""
 
 
-class JobOutputSerializer(serializers.Serializer):
-    """A job. Built at run time by ``jobs.selectors.job_payload`` (lean path); this documents it."""
-
-    jobId = serializers.CharField()
-    flowId = serializers.CharField(allow_null=True)
-    parentJobId = serializers.CharField(allow_null=True)
-    name = serializers.CharField()
-    queueName = serializers.CharField()
-    status = serializers.ChoiceField(choices=JobStatus.choices)
-    progress = serializers.JSONField()
-    attemptsMade = serializers.IntegerField()
-    attempts = serializers.IntegerField()
-    data = serializers.JSONField()
-    opts = serializers.JSONField()
-    result = serializers.JSONField(allow_null=True)
-    error = serializers.CharField(allow_null=True)
-    errorType = serializers.CharField(allow_null=True)
-    createdAt = serializers.DateTimeField()
-    startedAt = serializers.DateTimeField(allow_null=True)
-    finishedAt = serializers.DateTimeField(allow_null=True)
-
-
 class JobStateOutputSerializer(serializers.Serializer):
     """A job's state in a flow's detail (built by ``jobs.selectors.job_state_payload``)."""
 
@@ -87,6 +65,16 @@ class JobStateOutputSerializer(serializers.Serializer):
     createdAt = serializers.DateTimeField()
     startedAt = serializers.DateTimeField(allow_null=True)
     finishedAt = serializers.DateTimeField(allow_null=True)
+
+
+class JobOutputSerializer(JobStateOutputSerializer):
+    """A whole job (built by ``jobs.selectors.job_payload``): its state and its definition."""
+
+    flowId = serializers.CharField(allow_null=True)
+    attempts = serializers.IntegerField()
+    data = serializers.JSONField()
+    opts = serializers.JSONField()
+    errorType = serializers.CharField(allow_null=True)
 
 
 class JobReportInputSerializer(serializers.Serializer):

@@ -10,6 +10,12 @@ from jobs.models import Job
 
 # Rows per INSERT statement: PostgreSQL takes at most 65,535 parameters per statement.
 BULK_BATCH_SIZE = 1000
+# Column types whose Python values (str, int, bool, aware datetime, None) psycopg
+# adapts by itself: COPY passes them without the field's get_db_prep_save().
+PLAIN_TYPES = frozenset({
+    "CharField", "TextField", "IntegerField", "PositiveIntegerField", "BigIntegerField",
+    "BooleanField", "DateTimeField", "ForeignKey", "BigAutoField", "AutoField",
+})
 
 
 def write_flows(*, plans: list[FlowPlan]) -> list[tuple[FlowPlan, DatabaseError]]:
@@ -48,17 +54,39 @@ def insert_as_is(model: type[models.Model], objs: list[models.Model]) -> None:
 
     ``created_at`` is ``auto_now_add`` and ``Flow.updated_at`` is ``auto_now``:
     ``bulk_create`` would replace the legacy timestamps with the current time.
-    A raw insert skips the fields' ``pre_save()``, as ``loaddata`` does for
-    fixtures (``Model.save_base(raw=True)``), so no second UPDATE is needed.
-    The tests check the timestamps, so a Django upgrade that changed this fails them.
+    Both paths here skip the fields' ``pre_save()``, as ``loaddata`` does for
+    fixtures, so no second UPDATE is needed. The tests check the timestamps.
     """
     if not objs:
         return
     fields = [field for field in model._meta.concrete_fields if not field.generated]
+    if connection.vendor == "postgresql":
+        _copy(model, fields, objs)
+    else:
+        _raw_insert(model, fields, objs)
+
+
+def _raw_insert(model: type[models.Model], fields: list[models.Field], objs: list[models.Model]) -> None:
+    # The insert Model.save_base(raw=True) makes for loaddata, in bulk.
     size = min(connection.ops.bulk_batch_size(fields, objs) or BULK_BATCH_SIZE, BULK_BATCH_SIZE)
-    manager = model._base_manager
     for start in range(0, len(objs), size):
-        manager._insert(objs[start : start + size], fields=fields, raw=True, using=connection.alias)
-    for obj in objs:
-        obj._state.adding = False
-        obj._state.db = connection.alias
+        model._base_manager._insert(objs[start : start + size], fields=fields, raw=True, using=connection.alias)
+
+
+def _copy(model: type[models.Model], fields: list[models.Field], objs: list[models.Model]) -> None:
+    """PostgreSQL's COPY: several times faster than a multi-row INSERT built by the ORM.
+
+    Most of an ORM insert's time goes into preparing and quoting every value in
+    Python; here values of plain column types go to psycopg as they are, and
+    only the others (JSON) are prepared by their field.
+    """
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    plain = [field.get_internal_type() in PLAIN_TYPES for field in fields]
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        with cursor.cursor.copy(f"COPY {quote(model._meta.db_table)} ({columns}) FROM STDIN") as copy:
+            for obj in objs:
+                copy.write_row([
+                    value if is_plain else field.get_db_prep_save(value, connection)
+                    for field, is_plain, value in zip(fields, plain, (getattr(obj, f.attname) for f in fields))
+                ])
