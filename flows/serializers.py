@@ -38,6 +38,8 @@ class ProgressSerializer(serializers.Serializer):
 
 
 class FlowOutputSerializer(serializers.Serializer):
+    """A flow. Built at run time by ``flows.selectors.flow_payload`` (lean path); this documents it."""
+
     flowId = serializers.CharField(source="id")
     flowname = serializers.CharField()
     name = serializers.CharField()
@@ -52,10 +54,10 @@ class FlowOutputSerializer(serializers.Serializer):
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)
 
     def get_progress(self, flow) -> ProgressSerializer:
-        return self.context["progress"][flow.pk]
+        raise NotImplementedError  # documentation only
 
     def get_error(self, flow) -> str | None:
-        return flow.error or None
+        raise NotImplementedError  # documentation only
 
 
 class FlowDetailOutputSerializer(FlowOutputSerializer):
@@ -63,7 +65,7 @@ class FlowDetailOutputSerializer(FlowOutputSerializer):
     jobStructure = serializers.JSONField(source="job_structure")
 
     def get_jobs(self, flow) -> JobStateOutputSerializer(many=True):
-        return self.context["jobs"]
+        raise NotImplementedError  # documentation only
 
 
 class FlowActionOutputSerializer(serializers.Serializer):

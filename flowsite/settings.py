@@ -269,6 +269,8 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "flowsite.api.Pagination",
     "EXCEPTION_HANDLER": "flowsite.api.exception_handler",
+    # Always UTC with microseconds, so the lean payload paths format timestamps identically.
+    "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%S.%fZ",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
+from rest_framework.settings import api_settings
 
 from jobs.models import Job, QueueState
 from jobs.vocabulary import JobStatus
 
 def iso(value: datetime | None) -> str | None:
-    """Format a datetime as DRF does (ISO 8601, ``Z`` for UTC)."""
+    """Format a datetime as the API does everywhere (``REST_FRAMEWORK["DATETIME_FORMAT"]``)."""
     if value is None:
         return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    return value.astimezone(timezone.utc).strftime(api_settings.DATETIME_FORMAT)
 
 
 # A job's state (the flow detail's ``jobs``; the definition is in the flow's jobStructure).

@@ -326,3 +326,23 @@ def test_nul_characters_are_refused_with_400(api, where):
     assert response.status_code == 400
     assert "NUL" in response.json()["details"]["non_field_errors"][0]
     assert not Flow.objects.exists()
+
+
+def test_the_databases_job_json_matches_the_python_payload(user):
+    from flows.selectors import flow_job_states_json, flow_jobs
+    from jobs.selectors import JOB_STATE_FIELDS, job_state_payload
+
+    flow = make_flow(user, children=3)
+    first, second, third = Job.objects.filter(flow=flow, parent__isnull=False)
+    now = timezone.now()
+    Job.objects.filter(pk=first.pk).update(
+        status=JobStatus.COMPLETED, result={"a": [1, "é", None]}, started_at=now, finished_at=now.replace(microsecond=0)
+    )
+    Job.objects.filter(pk=second.pk).update(status=JobStatus.FAILED, error="boom \"quoted\"", progress={"step": 2})
+    Job.objects.filter(pk=third.pk).update(result="text", progress=42.5)
+
+    from_database = json.loads(flow_job_states_json(flow=flow))
+    from_python = [job_state_payload(row) for row in flow_jobs(flow=flow).values(*JOB_STATE_FIELDS)]
+
+    assert from_database == from_python
+    assert from_python[1]["finishedAt"].endswith(".000000Z")

@@ -78,3 +78,21 @@ def test_the_api_honours_its_schema(case, auth_header):
         headers=auth_header,
         checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
     )
+
+
+def test_documented_shapes_match_the_payloads_the_api_builds(django_user_model):
+    from flows.selectors import flow_payload_of
+    from flows.serializers import FlowDetailOutputSerializer, FlowOutputSerializer
+    from jobs.selectors import JOB_PAYLOAD_FIELDS, JOB_STATE_FIELDS, job_payload, job_state_payload
+    from jobs.serializers import JobOutputSerializer, JobStateOutputSerializer
+    from flows.services import flow_create
+    from jobs.models import Job
+
+    user = django_user_model.objects.create_user(username="shape")
+    flow = flow_create(owner=user, spec={"flowname": "f", "name": "test-value", "queueName": "default"})
+    row = Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=flow.root_job_id)
+
+    assert set(FlowOutputSerializer().fields) == set(flow_payload_of(flow))
+    assert set(FlowDetailOutputSerializer().fields) == set(flow_payload_of(flow)) | {"jobs", "jobStructure"}
+    assert set(JobOutputSerializer().fields) == set(job_payload(row))
+    assert set(JobStateOutputSerializer().fields) == set(job_state_payload({k: row[k] for k in JOB_STATE_FIELDS}))
