@@ -15,7 +15,8 @@ integer milliseconds, JSON as TEXT, owned by 100 legacy users that do not
 exist in Flowsite yet (so the run creates them). Target: at least 500 flows/s.
 
 Timing: the service's own wall clock, from opening the source to the final
-report (reading, planning, one transaction per flow, creating the users).
+report (reading, planning, writing a transaction per batch of ``--batch-size``
+flows, creating the users).
 Each run starts from empty Flowsite tables; the median of ``--repeat`` runs is
 reported, then a second run over the same source (everything already migrated)
 and a dry run are timed once each.
@@ -191,6 +192,8 @@ def main() -> None:
     print(f"| --dry-run | {dry:.2f}s | {args.flows / dry:,.0f} | - |")
     print()
     print(f"Target: >= {TARGET_FLOWS_PER_S} flows/s: {verdict} ({rate:,.0f} flows/s).")
+    # Other processes on this 2-core machine (workers, test runs) slow every figure above.
+    print(f"Load average at the end (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}.")
 
 
 if __name__ == "__main__":

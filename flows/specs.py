@@ -48,13 +48,6 @@ def parse_flow_spec(spec: Any) -> tuple[str, JobSpec]:
     """
     if not isinstance(spec, dict):
         raise SpecValidationError("Invalid flow specification.", {"non_field_errors": ["Expected a JSON object."]})
-    try:
-        if contains_nul(spec):
-            raise SpecValidationError("Invalid flow specification.", {"non_field_errors": [NUL_MESSAGE]})
-    except RecursionError:
-        raise SpecValidationError(
-            "The flow is nested too deeply.", {"non_field_errors": ["The document is nested too deeply."]}
-        ) from None
     errors: dict[str, list[str]] = {}
     flowname = spec.get("flowname")
     if not isinstance(flowname, str) or not flowname.strip():
@@ -105,6 +98,9 @@ def parse_flow_spec(spec: Any) -> tuple[str, JobSpec]:
         # Push in reverse so children are visited, and kept, in submission order.
         for index in range(len(children) - 1, -1, -1):
             stack.append((children[index], _path(path, index), depth + 1, job))
+    # Only now, with the depth bounded by the walk, is the whole document safe to encode.
+    if contains_nul(spec):
+        errors.setdefault("non_field_errors", []).append(NUL_MESSAGE)
     if errors:
         raise SpecValidationError("Invalid flow specification.", errors)
     assert root is not None

@@ -7,8 +7,9 @@ whole migration and fills in a ``report``. The management command
 ``migrate_legacy_flows`` only parses options and prints.
 """
 
+from flows.legacy.errors import LegacyMigrationError, LegacySourceError
 from flows.legacy.report import Issue, MigrationReport
-from flows.legacy.service import DEFAULT_BATCH_SIZE, LegacyMigrationError, migrate_legacy_flows
+from flows.legacy.service import DEFAULT_BATCH_SIZE, migrate_legacy_flows
 from flows.legacy.values import FALLBACK_JOB_STATUS
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "FALLBACK_JOB_STATUS",
     "Issue",
     "LegacyMigrationError",
+    "LegacySourceError",
     "MigrationReport",
     "migrate_legacy_flows",
 ]

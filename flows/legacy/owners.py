@@ -10,6 +10,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models.functions import Lower
 
+from flows.legacy.errors import LegacyMigrationError
 from flows.legacy.report import MigrationReport
 from flows.legacy.source import LegacyFlow, LegacySource, LegacyUser
 from flows.legacy.values import legacy_id_text
@@ -30,14 +31,18 @@ class OwnerResolver:
     dry_run: bool
     fallback: Any = None
     owners: dict[str, int | None] = field(default_factory=dict)
+    # Legacy user ids already looked up that own nothing usable (gone, or without email).
+    unusable: set[str] = field(default_factory=set)
 
     def resolve(self, *, flows: Iterable[LegacyFlow]) -> None:
         """Resolve the owners of these flows that are not resolved yet (a few queries)."""
-        wanted = {flow.user_id for flow in flows if flow.user_id is not None}
-        wanted = [user_id for user_id in wanted if legacy_id_text(user_id) not in self.owners]
+        known = self.owners.keys() | self.unusable
+        wanted = {legacy_id_text(flow.user_id): flow.user_id for flow in flows if flow.user_id is not None}
+        wanted = {key: user_id for key, user_id in wanted.items() if key not in known}
         if not wanted:
             return
-        users = [user for user in self.source.users(wanted) if user.email and user.email.strip()]
+        users = [user for user in self.source.users(list(wanted.values())) if user.email and user.email.strip()]
+        self.unusable.update(set(wanted) - {legacy_id_text(user.id) for user in users})
         matches = _match_by_email(users)
         for user in users:
             email = user.email.strip().lower()
@@ -100,12 +105,12 @@ def _free_username(user: LegacyUser) -> str:
 
 
 def find_owner(username: str | None) -> Any:
-    """Return the ``--owner`` user, or None; raise ``LookupError`` if there is no such user."""
+    """Return the ``--owner`` user, or None; raise ``LegacyMigrationError`` if there is no such user."""
     if username is None:
         return None
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
-        raise LookupError(f"User {username!r} does not exist.")
+        raise LegacyMigrationError(f"User {username!r} does not exist.")
     return user
 
 

@@ -51,8 +51,8 @@ class MigrationReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing was skipped: the only condition for ``--drop-legacy``."""
-        return not self.errors
+        """True when nothing was skipped (and ``--drop-legacy``, if asked for, dropped the tables)."""
+        return not self.errors and not self.drop_refused
 
     def skip_flow(self, issue: Issue, *, jobs: int) -> None:
         self.errors.append(issue)
@@ -99,4 +99,4 @@ class MigrationReport:
             lines.append(
                 f"  unknown status {legacy} -> {FALLBACK_JOB_STATUS} ({len(job_ids)} jobs: FlowJob {examples})"
             )
-        return ["Statuses:"] + lines if lines else []
+        return ["Statuses:", *lines] if lines else []

@@ -6,20 +6,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from flows.legacy.errors import LegacyMigrationError, LegacySourceError
 from flows.legacy.owners import OwnerResolver, find_owner, ownerless_message
 from flows.legacy.plan import BadRow, FlowPlan, plan_legacy_flow
 from flows.legacy.report import Issue, MigrationReport
-from flows.legacy.source import LegacyFlow, LegacyJob, LegacySource, LegacySourceError, open_source
+from flows.legacy.source import LegacyFlow, LegacyJob, LegacySource, open_source
 from flows.legacy.values import legacy_id_text
 from flows.legacy.writer import write_flows
 from flows.models import Flow
 
 DEFAULT_BATCH_SIZE = 500
 ID_CHUNK = 1000
-
-
-class LegacyMigrationError(Exception):
-    """The migration cannot start (bad source, bad options, owner needed): nothing was written."""
 
 
 def migrate_legacy_flows(
@@ -34,9 +31,10 @@ def migrate_legacy_flows(
     """Migrate the legacy ``"Flow"``/``"FlowJob"`` rows into ``Flow`` and ``Job`` rows.
 
     Idempotent: flows whose legacy id is already in ``Flow.legacy_id`` are
-    skipped. Each flow is written in its own transaction; a flow with a bad row
-    is skipped and reported, the others still migrate. ``dry_run`` plans
-    everything and writes nothing. ``drop_legacy`` drops the legacy tables only
+    skipped. A flow is written whole or not at all (``writer.write_flows``:
+    one transaction per batch, each flow in its own if the batch fails); a
+    flow with a bad row is skipped and reported, the others still migrate.
+    ``dry_run`` plans everything and writes nothing. ``drop_legacy`` drops the legacy tables only
     if nothing was skipped. ``progress`` is called after every batch. Raises
     ``LegacyMigrationError`` before writing anything if the run cannot start.
     """
@@ -45,24 +43,21 @@ def migrate_legacy_flows(
     if batch_size < 1:
         raise LegacyMigrationError("--batch-size must be at least 1.")
     started = time.monotonic()
-    try:
-        fallback = find_owner(owner_username)
-        with open_source(source_url, writable=drop_legacy) as source:
-            source.check_schema()
-            report = MigrationReport(source=source.label, dry_run=dry_run, total_flows=source.count_flows())
-            _check_ownerless(source=source, fallback=fallback)
-            owners = OwnerResolver(source=source, report=report, dry_run=dry_run, fallback=fallback)
-            for batch in source.iter_flow_batches(batch_size):
-                _migrate_batch(batch, owners=owners, report=report, dry_run=dry_run)
-                report.elapsed = time.monotonic() - started
-                if progress is not None:
-                    progress(report)
-            _report_orphan_jobs(source=source, report=report)
+    fallback = find_owner(owner_username)
+    with open_source(source_url, writable=drop_legacy) as source:
+        source.check_schema()
+        report = MigrationReport(source=source.label, dry_run=dry_run, total_flows=source.count_flows())
+        _check_ownerless(source=source, fallback=fallback)
+        owners = OwnerResolver(source=source, report=report, dry_run=dry_run, fallback=fallback)
+        for batch in source.iter_flow_batches(batch_size):
+            _migrate_batch(batch, owners=owners, report=report, dry_run=dry_run)
             report.elapsed = time.monotonic() - started
-            if drop_legacy:
-                _drop_legacy(source=source, report=report)
-    except (LegacySourceError, LookupError) as exc:
-        raise LegacyMigrationError(str(exc)) from exc
+            if progress is not None:
+                progress(report)
+        _report_orphan_jobs(source=source, report=report)
+        report.elapsed = time.monotonic() - started
+        if drop_legacy:
+            _drop_legacy(source=source, report=report)
     return report
 
 
@@ -97,7 +92,7 @@ def _migrate_batch(
     report.flows_already_migrated += len(batch) - len(pending)
     owners.resolve(flows=(flow for flow, _ in pending))
     plans = _plan(pending, owners=owners, report=report)
-    failed = {} if dry_run else _write(plans, report=report)
+    failed = set() if dry_run else _write(plans, report=report)
     for plan in plans:
         if plan.legacy_id not in failed:
             _record(plan, report=report)
@@ -145,7 +140,10 @@ def _report_orphan_jobs(*, source: LegacySource, report: MigrationReport) -> Non
 
 
 def _drop_legacy(*, source: LegacySource, report: MigrationReport) -> None:
-    if not report.ok:
+    if report.errors:
         report.drop_refused = f"{len(report.errors)} legacy row(s) were skipped; fix them and run again."
         return
-    report.dropped_tables = source.drop_tables()
+    try:
+        report.dropped_tables = source.drop_tables()
+    except LegacySourceError as exc:  # the migration itself is done: report, do not undo
+        report.drop_refused = str(exc)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.db import connection as django_connection
+
+from flows.legacy.errors import LegacySourceError
 
 # Columns read from each table; the first ones of each are required, the other
 # ones read as NULL when a deployment's schema lacks them.
@@ -36,19 +37,14 @@ PRISMA_URL_PARAMS = frozenset(
 ID_CHUNK = 500
 
 
-class LegacySourceError(Exception):
-    """The legacy database cannot be opened or does not hold the legacy tables."""
-
-
-@dataclass(frozen=True)
-class LegacyUser:
+# Named tuples, not dataclasses: hundreds of thousands are made, straight from result rows.
+class LegacyUser(NamedTuple):
     id: Any
     email: str | None
     name: str | None
 
 
-@dataclass(frozen=True)
-class LegacyFlow:
+class LegacyFlow(NamedTuple):
     id: Any
     name: Any
     created_at: Any
@@ -56,8 +52,7 @@ class LegacyFlow:
     user_id: Any
 
 
-@dataclass(frozen=True)
-class LegacyJob:
+class LegacyJob(NamedTuple):
     id: Any
     job_id: Any
     flow_id: Any
@@ -107,7 +102,7 @@ class LegacySource:
         cursor = self.conn.cursor()
         try:
             cursor.execute(f'SELECT * FROM "{table}" WHERE 1 = 0')
-        except Exception:  # noqa: BLE001 - "no such table" has a different class per driver
+        except Exception:  # "no such table" is a different class in each driver
             self._rollback()
             return None
         columns = frozenset(column[0] for column in cursor.description)
@@ -142,8 +137,8 @@ class LegacySource:
         batch: list[tuple[LegacyFlow, list[LegacyJob]]] = []
         for _, rows in grouped:
             rows = list(rows)
-            flow = LegacyFlow(*rows[0][:width])
-            jobs = [LegacyJob(*row[width:]) for row in rows if row[width] is not None]
+            flow = LegacyFlow._make(rows[0][:width])
+            jobs = [LegacyJob._make(row[width:]) for row in rows if row[width] is not None]
             batch.append((flow, jobs))
             if len(batch) >= batch_size:
                 yield batch
@@ -200,7 +195,7 @@ class LegacySource:
             for table in tables:
                 cursor.execute(f'DROP TABLE "{table}"')
             self.conn.commit()
-        except Exception as exc:  # noqa: BLE001 - report any driver's error the same way
+        except Exception as exc:  # any driver's error, reported the same way
             self._rollback()
             raise LegacySourceError(f"Could not drop the legacy tables: {exc}") from exc
         return tables

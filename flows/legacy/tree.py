@@ -57,9 +57,10 @@ def rebuild_tree(*, root_name: str, rows: Sequence[JobRow]) -> Tree:
     if not rows:
         return Tree(root=None)
     keys = [signature(row.queue_name, row.data) for row in rows]
+    definition_keys = _DefinitionKeys()
     best: Tree | None = None
-    for candidate in _root_candidates(rows, keys)[:MAX_ROOT_TRIES]:
-        tree = _grow(candidate, root_name, rows, keys)
+    for candidate in _root_candidates(rows, keys, definition_keys)[:MAX_ROOT_TRIES]:
+        tree = _grow(candidate, root_name, rows, keys, definition_keys)
         if not tree.unplaced:
             return tree
         if best is None or len(tree.unplaced) < len(best.unplaced):
@@ -68,17 +69,23 @@ def rebuild_tree(*, root_name: str, rows: Sequence[JobRow]) -> Tree:
     return best
 
 
-def _definition_signature(definition: dict[str, Any]) -> tuple[str, str]:
-    data = definition.get("data")
-    return signature(definition.get("queueName"), data if data is not None else {})
+class _DefinitionKeys(dict):
+    """Each definition's signature, computed once per rebuild (keyed by the object's id)."""
+
+    def of(self, definition: dict[str, Any]) -> tuple[str, Any]:
+        key = self.get(id(definition))
+        if key is None:
+            data = definition.get("data")
+            key = self[id(definition)] = signature(definition.get("queueName"), data if data is not None else {})
+        return key
 
 
-def _root_candidates(rows: Sequence[JobRow], keys: list[tuple[str, str]]) -> list[int]:
+def _root_candidates(
+    rows: Sequence[JobRow], keys: list[tuple[str, Any]], definition_keys: _DefinitionKeys
+) -> list[int]:
     """Rows no definition claims come first: one of them is the root."""
-    claims = Counter(
-        _definition_signature(d) for row in rows for d in row.children if isinstance(d, dict)
-    )
-    seen: Counter[tuple[str, str]] = Counter()
+    claims = Counter(definition_keys.of(d) for row in rows for d in row.children if isinstance(d, dict))
+    seen: Counter[tuple[str, Any]] = Counter()
     unclaimed: list[int] = []
     claimed: list[int] = []
     for index, key in enumerate(keys):
@@ -87,9 +94,11 @@ def _root_candidates(rows: Sequence[JobRow], keys: list[tuple[str, str]]) -> lis
     return unclaimed + claimed
 
 
-def _grow(root: int, root_name: str, rows: Sequence[JobRow], keys: list[tuple[str, str]]) -> Tree:
+def _grow(
+    root: int, root_name: str, rows: Sequence[JobRow], keys: list[tuple[str, Any]], definition_keys: _DefinitionKeys
+) -> Tree:
     """Place rows breadth-first from ``root``, each definition taking the first free match."""
-    free: dict[tuple[str, str], deque[int]] = {}
+    free: dict[tuple[str, Any], deque[int]] = {}
     for index, key in enumerate(keys):
         if index != root:
             free.setdefault(key, deque()).append(index)
@@ -98,7 +107,7 @@ def _grow(root: int, root_name: str, rows: Sequence[JobRow], keys: list[tuple[st
     while pending:
         parent, definitions = pending.popleft()
         for definition in definitions:
-            child = _take(free, definition)
+            child = _take(free, definition, definition_keys)
             if child is None:
                 tree.missing.append((parent, definition))
                 continue
@@ -111,10 +120,10 @@ def _grow(root: int, root_name: str, rows: Sequence[JobRow], keys: list[tuple[st
     return tree
 
 
-def _take(free: dict[tuple[str, str], deque[int]], definition: Any) -> int | None:
+def _take(free: dict[tuple[str, Any], deque[int]], definition: Any, keys: _DefinitionKeys) -> int | None:
     if not isinstance(definition, dict):
         return None
-    matches = free.get(_definition_signature(definition))
+    matches = free.get(keys.of(definition))
     return matches.popleft() if matches else None
 
 
