@@ -144,8 +144,9 @@ def flow_mark_running(*, flow_id: str) -> None:
     """Move a flow ``pending -> running`` when its first job starts (at most once per process)."""
     if flow_id in _running_flows:
         return
+    now = timezone.now()
     Flow.objects.filter(pk=flow_id, status=FlowStatus.PENDING).update(
-        status=FlowStatus.RUNNING, started_at=timezone.now()
+        status=FlowStatus.RUNNING, started_at=now, updated_at=now
     )
     if len(_running_flows) >= _RUNNING_CACHE_LIMIT:
         _running_flows.clear()
@@ -190,7 +191,8 @@ def flow_settle(*, flow_id: str) -> FlowStatus | None:
     if status not in (FlowStatus.COMPLETED, FlowStatus.FAILED):
         return None
     root_result = Job.objects.filter(pk=OuterRef("root_job_id")).values("result")[:1]
-    updates: dict[str, Any] = {"status": status, "completed_at": timezone.now()}
+    now = timezone.now()
+    updates: dict[str, Any] = {"status": status, "completed_at": now, "updated_at": now}
     if status == FlowStatus.COMPLETED:
         updates["result"] = Subquery(root_result)
     changed = Flow.objects.filter(pk=flow_id, status__in=OPEN_FLOW_STATUSES).update(**updates)
@@ -199,8 +201,9 @@ def flow_settle(*, flow_id: str) -> FlowStatus | None:
 
 def flow_fail(*, flow_id: str, error: str) -> bool:
     """Move a flow to ``failed`` at once (a job failed for good and was not ignored)."""
+    now = timezone.now()
     return bool(
         Flow.objects.filter(pk=flow_id, status__in=OPEN_FLOW_STATUSES).update(
-            status=FlowStatus.FAILED, error=error, completed_at=timezone.now()
+            status=FlowStatus.FAILED, error=error, completed_at=now, updated_at=now
         )
     )

@@ -67,7 +67,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
     now = timezone.now()
     with transaction.atomic():
         changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
-            status=FlowStatus.CANCELLED, completed_at=now
+            status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
         )
         if not changed:
             flow.refresh_from_db(fields=["status"])
@@ -158,7 +158,7 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
         counts, ignored = engine.flow_job_counts(flow_id=flow.pk)
         if engine.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
             Flow.objects.filter(pk=flow.pk).update(
-                status=FlowStatus.RUNNING, error="", result=None, completed_at=None
+                status=FlowStatus.RUNNING, error="", result=None, completed_at=None, updated_at=timezone.now()
             )
         refs = [JobRef(id=i, queue_name=rows[i]["queue_name"], opts=rows[i]["opts"]) for i in causes]
         transaction.on_commit(lambda: enqueue_jobs(refs))

@@ -376,7 +376,7 @@ def job_submit(
             failure_policy=options.failure_policy,
         )
         if flow is not None:
-            Flow.objects.filter(pk=flow.pk).update(total_jobs=F("total_jobs") + 1)
+            Flow.objects.filter(pk=flow.pk).update(total_jobs=F("total_jobs") + 1, updated_at=timezone.now())
         ref = JobRef(id=job.id, queue_name=job.queue_name, opts=opts)
         transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=options.delay_ms))
     return job
@@ -491,7 +491,7 @@ def job_delete(*, job: Job) -> None:
         job_cancel(job=job)
         Job.objects.filter(pk=job.pk).delete()
         if job.flow_id:
-            Flow.objects.filter(pk=job.flow_id).update(total_jobs=F("total_jobs") - 1)
+            Flow.objects.filter(pk=job.flow_id).update(total_jobs=F("total_jobs") - 1, updated_at=timezone.now())
             transaction.on_commit(lambda: engine.flow_settle(flow_id=job.flow_id))
 
 

@@ -46,6 +46,7 @@ def test_video_example_flow_returns_the_watermarked_file(user):
     assert flow.result["outputPath"] == download.result["filePath"].replace(".mp4", "-watermarked.mp4")
     assert flow.result["thumbnailPath"] == job_named(flow, "generate-thumbnail").result["thumbnailPath"]
     assert flow.started_at is not None and flow.completed_at >= flow.started_at
+    assert flow.updated_at == flow.completed_at
     assert set(Job.objects.filter(flow=flow).values_list("status", flat=True)) == {JobStatus.COMPLETED}
     assert JobLog.objects.filter(job=download, message__startswith="Downloading").exists()
     assert download.progress == 100
