@@ -158,16 +158,21 @@ def job_children_outcomes(*, job_id: str) -> tuple[dict[str, Any], dict[str, Any
         else:
             continue
         target[child_id] = value
-        if name in target:
-            previous = target[name]
-            target[name] = previous + [value] if isinstance(previous, _SameName) else _SameName([previous, value])
-        else:
+        previous = target.get(name, _MISSING)
+        if previous is _MISSING:
             target[name] = value
+        elif isinstance(previous, _SameName):
+            previous.append(value)
+        else:
+            target[name] = _SameName([previous, value])
     return _plain(values), _plain(failures)
 
 
 class _SameName(list):
     """Marks a name shared by several children, so their values collect in a list."""
+
+
+_MISSING = object()
 
 
 def _plain(mapping: dict[str, Any]) -> dict[str, Any]:

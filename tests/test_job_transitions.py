@@ -107,3 +107,17 @@ def test_siblings_completing_concurrently_lose_no_decrement(user):
     root = Job.objects.get(pk=flow.root_job_id)
     assert (root.status, root.pending_children) == (JobStatus.WAITING, 0)
     assert Job.objects.filter(flow=flow, status=JobStatus.COMPLETED).count() == 200
+
+
+@pytest.mark.django_db
+def test_children_sharing_a_name_collect_their_values_in_order(user):
+    from jobs.services import job_children_outcomes
+
+    flow = flow_create(owner=user, spec=spec(5))
+    for value, child in enumerate(Job.objects.filter(flow=flow, parent__isnull=False).order_by("position"), 1):
+        job_complete(job=job_start(job_id=child.id), result=value)
+
+    values, failures = job_children_outcomes(job_id=flow.root_job_id)
+
+    assert values["test-value"] == [1, 2, 3, 4, 5]
+    assert len(values) == 6 and failures == {}
