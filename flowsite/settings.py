@@ -162,8 +162,17 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # ------------------------------------------------------------------------------
 if DATABASE_URL:
     DATABASES = {"default": env.db_url("DATABASE_URL")}
-    DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("FLOWSITE_DB_POOL", True):
+        # Under ASGI every request may run on a new thread, so per-thread persistent
+        # connections are not reused; a psycopg pool is (and it is fork-safe in workers).
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": env_int("FLOWSITE_DB_POOL_SIZE", 10, minimum=1),
+        }
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
