@@ -6,7 +6,6 @@ with a 4xx status; domain errors from ``jobs.exceptions`` are mapped here, once.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -36,12 +35,6 @@ class PayloadTooLarge(exceptions.APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "Request body is too large."
     default_code = "payload_too_large"
-
-
-class Conflict(exceptions.APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "Conflict with the current state."
-    default_code = "conflict"
 
 
 class Pagination(PageNumberPagination):
@@ -99,8 +92,3 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
         response.data = error_body(str(detail))
     return response
-
-
-def json_size(value: Any) -> int:
-    """Length of a value's JSON encoding (used to bound stored results)."""
-    return len(json.dumps(value))

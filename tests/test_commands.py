@@ -8,7 +8,7 @@ import pytest
 
 from flows.models import Flow
 from jobs.vocabulary import FlowStatus
-from tests.conftest import ROOT, manage
+from tests.conftest import manage
 
 
 @pytest.fixture
