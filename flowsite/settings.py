@@ -173,6 +173,12 @@ if DATABASE_URL:
         DATABASES["default"]["CONN_MAX_AGE"] = 0
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("FLOWSITE_DB_PREPARE", True):
+        # The engine's per-job statements (jobs.services._hot_cursor) are prepared on
+        # first use; the ORM's client-side-binding cursors never prepare anything.
+        # Turn off behind a pooler that cannot keep prepared statements (PgBouncer in
+        # transaction mode before 1.21).
+        DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = 0
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

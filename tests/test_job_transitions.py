@@ -86,6 +86,23 @@ def test_starting_and_completing_a_job_costs_one_statement_each(user):
     # the job and counts it off its parent.
     statements = [q["sql"] for q in complete_queries if "SAVEPOINT" not in q["sql"]]
     assert len(statements) == 1
+    assert statements[0].startswith("WITH done AS (UPDATE") and second.id in statements[0]
+
+
+@pytest.mark.django_db
+def test_the_per_job_statements_are_prepared_once_per_connection(user):
+    flow = flow_create(owner=user, spec=spec(3))
+    for child in Job.objects.filter(flow=flow, parent__isnull=False):
+        job_complete(job=job_start(job_id=child.id), result=1)
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s OR statement LIKE %s",
+            ["UPDATE jobs_job SET status = $1, attempts_made%", "WITH done AS (UPDATE jobs_job%"],
+        )
+        prepared = [row[0] for row in cursor.fetchall()]
+    # One start and one completion statement, each planned once and reused for all three jobs.
+    assert len(prepared) == 2
 
 
 @pytest.mark.django_db(transaction=True)
