@@ -1081,6 +1081,42 @@ def check_nested_chord_default_pool(timeout: float) -> str:
     return last[0]
 
 
+def pg_statement_profile(user) -> str:
+    """PostgreSQL's own account of one tracked shape-A run: per statement, plan vs execution time."""
+    from django.db import connection
+    from django.db.utils import DatabaseError
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            cursor.execute("SELECT pg_stat_statements_reset()")
+    except DatabaseError as exc:
+        return (f"pg_stat_statements is not available ({str(exc).strip()}): run "
+                "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements', restart PostgreSQL "
+                "and, for planning times, ALTER SYSTEM SET pg_stat_statements.track_planning = on.")
+    m = run_tracked("A", user)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT calls, total_plan_time, total_exec_time, wal_records, query FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query NOT ILIKE '%%pg_stat_statements%%' AND query NOT ILIKE 'TRUNCATE%%' "
+            "ORDER BY total_plan_time + total_exec_time DESC LIMIT 12"
+        )
+        rows = cursor.fetchall()
+    total = sum(plan + execute for _, plan, execute, _, _ in rows)
+    lines = [
+        f"One tracked shape-A run ({m.jobs} jobs, {m.jobs_per_s:.0f} jobs/s); statements by total time "
+        f"(the top {len(rows)}: {total / m.jobs:.2f} ms per job).\n",
+        "| statement | calls per job | plan ms / call | exec ms / call | ms per job | WAL records / call |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for calls, plan, execute, wal, query in rows:
+        text = re.sub(r"\s+", " ", query)[:80].replace("|", "\\|")
+        lines.append(f"| `{text}` | {calls / m.jobs:.2f} | {plan / calls:.3f} | {execute / calls:.3f} | "
+                     f"{(plan + execute) / m.jobs:.3f} | {wal / calls:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description="Flowsite engine benchmark (see the module docstring: `head -60 bench/flows.py`)."
@@ -1095,6 +1131,9 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true",
                         help="extra rows for shape A: prefetch multiplier 4; 2 processes per worker")
     parser.add_argument("--no-embedded", action="store_true", help="skip the embedded-mode run")
+    parser.add_argument("--pg-statements", action="store_true",
+                        help="also profile PostgreSQL per statement during one tracked shape-A run "
+                             "(needs pg_stat_statements in shared_preload_libraries)")
     parser.add_argument("--check-default-pool", action="store_true",
                         help="also try plain nested chords (C) with Celery's default broker_pool_limit in the client")
     parser.add_argument("--quiet-threshold", type=float, default=0.35,
@@ -1143,6 +1182,7 @@ def main() -> None:
     variants: list[tuple[str, Results]] = []
     embedded = None
     profile_text = None
+    pg_text = None
     default_pool_check = None
     try:
         workers = start_workers(count=args.workers, concurrency=args.concurrency, log_dir=log_dir, label="main")
@@ -1159,6 +1199,9 @@ def main() -> None:
                     if "B50" in shapes:
                         # B50 takes a fraction of a second: sample it more to steady the 2000-vs-50 ratio.
                         measure_round(results, user, ["B50", "B50"])
+            if args.pg_statements:
+                log("PostgreSQL statement profile of shape A (tracked) ...")
+                pg_text = pg_statement_profile(user)
             if args.profile or args.profile_only:
                 log(f"profiling shape A (tracked) x {args.profile_rounds} with py-spy ...")
                 profile_text = profile_workers(workers, user, args.profile_rounds, log_dir)
@@ -1203,6 +1246,9 @@ def main() -> None:
         if not args.keep_logs and not (args.profile or args.profile_only):
             shutil.rmtree(log_dir, ignore_errors=True)
 
+    if pg_text:
+        print("\n## PostgreSQL per statement (shape A, tracked)\n")
+        print(pg_text)
     if profile_text:
         print("\n## Where the workers' time goes (shape A, tracked)\n")
         print(profile_text)

@@ -258,7 +258,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             ready = JobRef(id=job.parent_id, queue_name=row[2], opts=_load_json(row[3]) or {})
     else:
         with transaction.atomic():
-            with connection.cursor() as cursor:
+            with _hot_cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {JOB_TABLE} SET status = %s, result = {_json_placeholder()}, finished_at = %s "
                     "WHERE id = %s AND status = %s",
