@@ -129,6 +129,24 @@ def _is_startable(job_id: str) -> bool:
     return Job.objects.filter(pk=job_id, status__in=STARTABLE_JOB_STATUSES).exists()
 
 
+_START_SQL = (
+    f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
+    f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} "
+    "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
+)
+# The same statement, committed without waiting for the WAL flush (PostgreSQL's
+# ``synchronous_commit`` off for this one transaction). Safe: a start lost in a
+# database crash leaves the job as it was before (``waiting``), its unacknowledged
+# message is delivered again and the job starts again; and the job's completion,
+# committed synchronously, flushes the start with it, since the WAL is written in
+# order. The only trace of a lost start is an attempt left uncounted. It saves a
+# disk flush per job, the largest idle time in a worker's cycle (BENCHMARKS.md).
+_START_RELAXED_SQL = (
+    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) "
+    + _START_SQL.replace(" RETURNING ", " AND EXISTS (SELECT 1 FROM relaxed) RETURNING ")
+)
+
+
 def job_start(*, job_id: str) -> StartedJob | None:
     """Move a job ``waiting|delayed -> active``, counting the attempt.
 
@@ -136,11 +154,11 @@ def job_start(*, job_id: str) -> StartedJob | None:
     running or finished (a duplicated delivery), cancelled, or gone. Marks the
     job's flow ``running`` the first time one of its jobs starts.
     """
+    # Outside a caller's transaction (a worker), the start is committed without a disk flush.
+    relax = connection.vendor == "postgresql" and not connection.in_atomic_block
     for _ in range(3):
         row = _fetch_one(
-            f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
-            f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} "
-            "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy",
+            (_START_RELAXED_SQL if relax else _START_SQL),
             [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE],
         )
         if row is not None:

@@ -138,3 +138,47 @@ def test_children_sharing_a_name_collect_their_values_in_order(user):
 
     assert values["test-value"] == [1, 2, 3, 4, 5]
     assert len(values) == 6 and failures == {}
+
+
+def _synchronous_commit() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOWSITE_QUEUES=["held"])  # no worker consumes it: the test starts the job itself
+def test_a_start_skips_the_disk_flush_for_its_own_transaction_only(user):
+    flow = flow_create(owner=user, spec=spec(1, queue="held"))
+    child = Job.objects.get(flow=flow, parent__isnull=False)
+
+    with CaptureQueriesContext(connection) as queries:
+        started = job_start(job_id=child.id)
+
+    assert started is not None
+    assert "set_config('synchronous_commit', 'off', true)" in queries[0]["sql"]
+    # Committed (another connection sees it), and the session's setting is untouched.
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT status FROM jobs_job WHERE id = %s", [child.id])
+            assert cursor.fetchone()[0] == JobStatus.ACTIVE
+    finally:
+        other.close()
+    assert _synchronous_commit() == "on"
+    # The completion that follows is flushed as usual, and the start with it.
+    with CaptureQueriesContext(connection) as queries:
+        assert job_complete(job=started, result=1)
+    assert all("synchronous_commit" not in q["sql"] for q in queries)
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOWSITE_QUEUES=["held"])
+def test_a_start_inside_a_callers_transaction_leaves_its_durability_alone(user):
+    from django.db import transaction
+
+    flow = flow_create(owner=user, spec=spec(1, queue="held"))
+    child = Job.objects.get(flow=flow, parent__isnull=False)
+    with transaction.atomic():
+        assert job_start(job_id=child.id) is not None
+        assert _synchronous_commit() == "on"
