@@ -129,22 +129,59 @@ def _is_startable(job_id: str) -> bool:
     return Job.objects.filter(pk=job_id, status__in=STARTABLE_JOB_STATUSES).exists()
 
 
+# Commit durability on PostgreSQL, for a worker's two statements per job.
+#
+# A commit normally waits for its WAL to reach the disk, and keeps its row locks
+# meanwhile. For the completion that is the expensive part: siblings finishing at
+# the same moment all count down the same parent row, so each waited for the
+# others' disk flushes, one after another. Instead, both statements commit without
+# waiting (``synchronous_commit`` off for that one transaction, set inside the
+# statement), and before the worker acknowledges anything, ``_wait_for_flush``
+# waits for the disk outside any lock. The WAL is written in order, so a flushed
+# later commit means every earlier one is on disk too.
+#
+# - A start lost in a database crash leaves the job as it was (``waiting``); its
+#   message, not yet acknowledged, is delivered again. Only an attempt goes uncounted.
+# - A completion is flushed before its parent is published and before the task
+#   returns (and its message is acknowledged).
+# Inside a caller's transaction nothing is relaxed: the caller's commit decides.
+_RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
+_IS_RELAXED = "EXISTS (SELECT 1 FROM relaxed)"
+
 _START_SQL = (
     f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
-    f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} "
+    f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} {{relaxed}}"
     "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
 )
-# The same statement, committed without waiting for the WAL flush (PostgreSQL's
-# ``synchronous_commit`` off for this one transaction). Safe: a start lost in a
-# database crash leaves the job as it was before (``waiting``), its unacknowledged
-# message is delivered again and the job starts again; and the job's completion,
-# committed synchronously, flushes the start with it, since the WAL is written in
-# order. The only trace of a lost start is an attempt left uncounted. It saves a
-# disk flush per job, the largest idle time in a worker's cycle (BENCHMARKS.md).
-_START_RELAXED_SQL = (
-    "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) "
-    + _START_SQL.replace(" RETURNING ", " AND EXISTS (SELECT 1 FROM relaxed) RETURNING ")
+_START_SYNC_SQL = _START_SQL.format(relaxed="")
+_START_RELAXED_SQL = f"WITH {_RELAXED} " + _START_SQL.format(relaxed=f"AND {_IS_RELAXED} ")
+
+# Complete a job and count it off its parent, in one statement.
+_COMPLETE_SQL = (
+    f"{{with_relaxed}}done AS (UPDATE {JOB_TABLE} SET status = %s, result = %s::jsonb, finished_at = %s "
+    "WHERE id = %s AND status = %s {relaxed}RETURNING id), "
+    f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
+    "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+    "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
+    "RETURNING status, queue_name, opts) "
+    "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
+    "(SELECT queue_name FROM parent), (SELECT opts FROM parent)"
 )
+_COMPLETE_SYNC_SQL = _COMPLETE_SQL.format(with_relaxed="WITH ", relaxed="")
+_COMPLETE_RELAXED_SQL = _COMPLETE_SQL.format(with_relaxed=f"WITH {_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
+
+
+def _relax_commits() -> bool:
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+def _wait_for_flush() -> None:
+    """Return once every commit so far is on disk (see the note above ``_RELAXED``).
+
+    A transaction with an id commits synchronously and flushes the WAL up to its
+    own commit record, which comes after ours; without locks, it waits alone.
+    """
+    _fetch_one("SELECT pg_current_xact_id()", [])
 
 
 def job_start(*, job_id: str) -> StartedJob | None:
@@ -154,11 +191,10 @@ def job_start(*, job_id: str) -> StartedJob | None:
     running or finished (a duplicated delivery), cancelled, or gone. Marks the
     job's flow ``running`` the first time one of its jobs starts.
     """
-    # Outside a caller's transaction (a worker), the start is committed without a disk flush.
-    relax = connection.vendor == "postgresql" and not connection.in_atomic_block
+    sql = _START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL
     for _ in range(3):
         row = _fetch_one(
-            (_START_RELAXED_SQL if relax else _START_SQL),
+            sql,
             [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE],
         )
         if row is not None:
@@ -255,21 +291,16 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
     encoded = json.dumps(result)
     ready: JobRef | None = None
     if connection.vendor == "postgresql" and job.parent_id:
-        # One round trip: complete the job and count it off its parent in one statement.
+        relax = _relax_commits()
         row = _fetch_one(
-            f"WITH done AS (UPDATE {JOB_TABLE} SET status = %s, result = %s::jsonb, finished_at = %s "
-            "WHERE id = %s AND status = %s RETURNING id), "
-            f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
-            "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
-            "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
-            "RETURNING status, queue_name, opts) "
-            "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
-            "(SELECT queue_name FROM parent), (SELECT opts FROM parent)",
+            _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
             [
                 JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
                 JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN,
             ],
         )
+        if relax:
+            _wait_for_flush()
         if not row[0]:
             return False
         if row[1] == JobStatus.WAITING:

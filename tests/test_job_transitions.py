@@ -147,29 +147,33 @@ def _synchronous_commit() -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-@override_settings(FLOWSITE_QUEUES=["held"])  # no worker consumes it: the test starts the job itself
-def test_a_start_skips_the_disk_flush_for_its_own_transaction_only(user):
-    flow = flow_create(owner=user, spec=spec(1, queue="held"))
-    child = Job.objects.get(flow=flow, parent__isnull=False)
+@override_settings(FLOWSITE_QUEUES=["held"])  # no worker consumes it: the test runs the jobs itself
+def test_a_worker_commits_without_waiting_and_waits_for_the_disk_outside_the_locks(user):
+    flow = flow_create(owner=user, spec=spec(2, queue="held"))
+    first, second = Job.objects.filter(flow=flow, parent__isnull=False)
 
-    with CaptureQueriesContext(connection) as queries:
-        started = job_start(job_id=child.id)
+    with CaptureQueriesContext(connection) as start_queries:
+        started = job_start(job_id=first.id)
+    with CaptureQueriesContext(connection) as complete_queries:
+        assert job_complete(job=started, result=1)
 
-    assert started is not None
-    assert "set_config('synchronous_commit', 'off', true)" in queries[0]["sql"]
-    # Committed (another connection sees it), and the session's setting is untouched.
+    relaxed = "set_config('synchronous_commit', 'off', true)"
+    assert relaxed in start_queries[0]["sql"]
+    # The completion (and its parent's count-down) commits without waiting, then the
+    # worker waits for the disk flush, holding no lock, before it goes on.
+    assert relaxed in complete_queries[0]["sql"] and "WITH relaxed AS" in complete_queries[0]["sql"]
+    assert complete_queries[1]["sql"] == "SELECT pg_current_xact_id()"
+    assert len(complete_queries) == 2
+    # Committed (another connection sees it), and the session's own setting is untouched.
     other = connections.create_connection("default")
     try:
         with other.cursor() as cursor:
-            cursor.execute("SELECT status FROM jobs_job WHERE id = %s", [child.id])
-            assert cursor.fetchone()[0] == JobStatus.ACTIVE
+            cursor.execute("SELECT status, pending_children FROM jobs_job WHERE id IN (%s, %s) ORDER BY status",
+                           [first.id, flow.root_job_id])
+            assert cursor.fetchall() == [(JobStatus.COMPLETED, 0), (JobStatus.WAITING_CHILDREN, 1)]
     finally:
         other.close()
     assert _synchronous_commit() == "on"
-    # The completion that follows is flushed as usual, and the start with it.
-    with CaptureQueriesContext(connection) as queries:
-        assert job_complete(job=started, result=1)
-    assert all("synchronous_commit" not in q["sql"] for q in queries)
 
 
 @pytest.mark.django_db(transaction=True)
