@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
 from knox.auth import TokenAuthentication
+from knox.signals import token_expired
 from rest_framework import exceptions
 from rest_framework.authentication import get_authorization_header
 
@@ -22,3 +24,16 @@ class BearerTokenAuthentication(TokenAuthentication):
 
     def authenticate_header(self, request) -> str:
         return "Bearer"
+
+    def _cleanup_token(self, auth_token) -> bool:
+        """Reject (and delete) this token if it has expired: one query per request, not two.
+
+        knox also sweeps the user's other expired tokens here, on every request;
+        ``accounts.services.api_token_create`` does that when it issues a token instead.
+        """
+        if auth_token.expiry is not None and auth_token.expiry < timezone.now():
+            username = auth_token.user.get_username()
+            auth_token.delete()
+            token_expired.send(sender=self.__class__, username=username, source="auth_token")
+            return True
+        return False

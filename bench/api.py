@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/api.py [--clients 4] [--requests 400]
 
-Starts uvicorn (2 worker processes) on a dedicated PostgreSQL database, seeds 50
+Starts the server as deployed (``manage.py up --no-worker``: uvicorn with httptools,
+WEB_CONCURRENCY processes) on a dedicated PostgreSQL database, seeds 50
 flows and one 1,000-job flow, then runs concurrent keep-alive clients against:
 list (50 flows per page), detail (the 1,000-job flow) and create (1+5 jobs).
 Prints p50/p95 per endpoint and the create rate. Jobs are not executed (no
@@ -106,14 +107,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--web-workers", type=int, default=None, help="web processes (default: the project's)")
     args = parser.parse_args()
     big = prepare()
     auth = token()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "flowsite.asgi:application", "--port", str(PORT),
-         "--workers", "2", "--log-level", "warning", "--lifespan", "off"],
-        cwd=ROOT, env=env(),
-    )
+    # The shipped server command (uvicorn, httptools), with its default process count
+    # (WEB_CONCURRENCY: twice the CPU count) unless --web-workers says otherwise.
+    command = [sys.executable, "manage.py", "up", "--no-worker", "--host", "127.0.0.1", "--port", str(PORT)]
+    if args.web_workers:
+        command += ["--workers", str(args.web_workers)]
+    server = subprocess.Popen(command, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):
             try:
@@ -134,7 +137,8 @@ def main() -> None:
         server.terminate()
         server.wait(10)
         subprocess.run(["redis-cli", "-n", "13", "flushdb"], capture_output=True)
-    print(f"\n{args.clients} concurrent keep-alive clients, uvicorn --workers 2, PostgreSQL\n")
+    workers = args.web_workers or f"{2 * (os.cpu_count() or 1)} (default)"
+    print(f"\n{args.clients} concurrent keep-alive clients, manage.py up --workers {workers}, PostgreSQL\n")
     print("| endpoint | p50 ms | p95 ms | requests/s |")
     print("|---|---|---|---|")
     for row in rows:

@@ -62,8 +62,7 @@ class FlowViewSet(viewsets.GenericViewSet):
 
     def list(self, request):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()).values_list("pk", flat=True))
-        flows = {row["flowId"]: row for row in selectors.flow_payloads(Flow.objects.filter(pk__in=page))}
-        return self.get_paginated_response([flows[flow_id] for flow_id in page])
+        return self.get_paginated_response(selectors.flow_payloads(list(page)))
 
     def retrieve(self, request, flow_id: str):
         flow = get_object_or_404(self.get_queryset().defer(None), pk=flow_id)

@@ -68,6 +68,10 @@ DATA_DIR = Path(env.str("FLOWSITE_DATA_DIR", default=str(BASE_DIR / "var")))
 DATABASE_URL = env.str("DATABASE_URL", default="")
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL  # the broker lives on disk and the worker runs in-process
+# Web server processes started by ``manage.py up`` in service mode. Each process
+# serves requests concurrently in threads, but runs Python on one core at a time.
+# Embedded mode always serves from one process: the one that also runs the worker.
+WEB_CONCURRENCY = env_int("WEB_CONCURRENCY", 2 * (os.cpu_count() or 1), minimum=1)
 
 SECRET_KEY = env_secret("SECRET_KEY")
 if not SECRET_KEY:
@@ -174,7 +178,7 @@ if DATABASE_URL:
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env_int("CONN_MAX_AGE", 60)
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool("FLOWSITE_DB_PREPARE", True):
-        # The engine's per-job statements (jobs.services._hot_cursor) are prepared on
+        # The engine's per-job statements (flowsite.db.prepared_cursor) are prepared on
         # first use; the ORM's client-side-binding cursors never prepare anything.
         # Turn off behind a pooler that cannot keep prepared statements (PgBouncer in
         # transaction mode before 1.21).

@@ -20,11 +20,11 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.backends.utils import CursorDebugWrapper
 from django.db.models import F
 from django.utils import timezone
 
 from flows import engine
+from flowsite.db import prepared_cursor
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, JobLog, QueueState
 from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
@@ -75,34 +75,8 @@ def _json_placeholder() -> str:
     return "%s::jsonb" if connection.vendor == "postgresql" else "%s"
 
 
-def _hot_cursor():
-    """A cursor for the per-job statements: prepared once per connection on PostgreSQL.
-
-    Django's own cursors bind parameters on the client, so PostgreSQL parses and
-    plans every statement again; planning was about half of the database's time
-    per job. These statements run with server-side binding and are prepared on
-    first use (``prepare_threshold`` 0, see ``FLOWSITE_DB_PREPARE`` in settings).
-    Still a Django cursor wrapper: errors are translated and queries are logged.
-    """
-    if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
-        return connection.cursor()
-    from django.db.backends.postgresql.base import ServerBindingCursor
-
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    raw = ServerBindingCursor(connection.connection)
-    return _PreparedDebugCursor(raw, connection) if connection.queries_logged else connection.make_cursor(raw)
-
-
-class _PreparedDebugCursor(CursorDebugWrapper):
-    """Logs the statement with its parameters: a prepared one leaves no query text behind."""
-
-    def debug_sql(self, sql=None, params=None, use_last_executed_query=False, many=False):
-        return super().debug_sql(self.db.ops.compose_sql(sql, params), params, False, many)
-
-
 def _fetch_one(sql: str, params: list[Any]) -> tuple | None:
-    with _hot_cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
 
@@ -116,7 +90,7 @@ _QUEUE_PAUSED_SQL = (
 
 def _park_if_paused(job_id: str) -> bool:
     """Move a due job of a paused queue ``waiting|delayed -> paused``; True if it was parked."""
-    with _hot_cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"UPDATE {JOB_TABLE} SET status = %s WHERE id = %s AND status IN ({_STARTABLE_SQL}) "
             f"AND {_QUEUE_PAUSED_SQL}",
@@ -307,7 +281,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             ready = JobRef(id=job.parent_id, queue_name=row[2], opts=_load_json(row[3]) or {})
     else:
         with transaction.atomic():
-            with _hot_cursor() as cursor:
+            with prepared_cursor() as cursor:
                 cursor.execute(
                     f"UPDATE {JOB_TABLE} SET status = %s, result = {_json_placeholder()}, finished_at = %s "
                     "WHERE id = %s AND status = %s",

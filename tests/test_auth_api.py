@@ -63,6 +63,24 @@ def test_anonymous_bad_revoked_and_expired_tokens_get_401(user):
     _, expired = AuthToken.objects.create(user=user, expiry=timedelta(seconds=-1))
     client.credentials(HTTP_AUTHORIZATION=f"Token {expired}")
     assert client.get("/api/flows").status_code == 401
+    assert not AuthToken.objects.filter(user=user).exists()  # the expired token is deleted
+
+
+def test_a_token_request_costs_one_query_and_new_tokens_sweep_expired_ones(user):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from accounts.authentication import BearerTokenAuthentication
+    from accounts.services import api_token_create
+
+    stale, _ = AuthToken.objects.create(user=user, expiry=timedelta(seconds=-1))
+    _, token = api_token_create(user=user)
+    assert not AuthToken.objects.filter(pk=stale.pk).exists()
+
+    with CaptureQueriesContext(connection) as queries:
+        authenticated, _ = BearerTokenAuthentication().authenticate_credentials(token.encode())
+    assert authenticated == user
+    assert len(queries) == 1
 
 
 def test_create_api_token_command_prints_a_working_token(user, capsys):

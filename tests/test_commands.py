@@ -84,3 +84,72 @@ def test_flow_status_prints_the_job_tree(command_env, alice):
     assert as_json["result"] == {"published": True, "sizes": [320, 1024, 2048]}
     assert as_json["progress"]["completed"] == 4
     assert manage("flow_status", "nope", env=command_env).returncode == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _web_processes(pid: int) -> list[int]:
+    """The server's child processes that serve requests (not multiprocessing's resource tracker)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_up_in_service_mode_serves_the_api_from_several_processes(command_env, alice, tmp_path):
+    import http.client
+    import subprocess
+    import sys
+
+    from accounts.services import api_token_create
+    from tests.conftest import ROOT, wait_for
+
+    _, token = api_token_create(user=alice)
+    port = _free_port()
+    env = {**command_env, "FLOWSITE_DATA_DIR": str(tmp_path)}
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "up", "--no-worker", "--workers", "2", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        def get(path: str):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+                response = conn.getresponse()
+                return response.status, response.read()
+            except OSError:
+                return None
+
+        wait_for(lambda: get("/health"), timeout=60, message="the server to answer")
+        status, body = get("/api/flows")
+        assert status == 200 and json.loads(body)["count"] == 0
+        wait_for(lambda: len(_web_processes(server.pid)) == 2, timeout=30, message="two web processes")
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "service (PostgreSQL/Redis), 2 web processes" in output
+
+
+def test_up_refuses_several_web_processes_in_embedded_mode(tmp_path):
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    result = manage("up", "--workers", "2", env={**env, "FLOWSITE_DATA_DIR": str(tmp_path)})
+
+    assert result.returncode == 1
+    assert "Embedded mode serves from one process" in result.stderr

@@ -7,7 +7,7 @@ import secrets
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 ADMIN_PASSWORD_FILE = "admin-password"
 
@@ -25,10 +25,27 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-worker", action="store_true", help="Do not run a worker in this process."
         )
+        parser.add_argument(
+            "--workers", type=int, default=None, metavar="N",
+            help="Web server processes (service mode only; default: WEB_CONCURRENCY, or twice the CPU count).",
+        )
 
-    def handle(self, *args, host: str, port: int, admin_user: str, no_worker: bool, **options) -> None:
+    def handle(
+        self, *args, host: str, port: int, admin_user: str, no_worker: bool, workers: int | None, **options
+    ) -> None:
         import uvicorn
 
+        if workers is not None and workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        if settings.EMBEDDED:
+            if workers not in (None, 1):
+                raise CommandError(
+                    "Embedded mode serves from one process (the worker runs inside it); "
+                    "set DATABASE_URL and REDIS_URL to run several web processes."
+                )
+            workers = 1
+        else:
+            workers = workers or settings.WEB_CONCURRENCY
         call_command("migrate", interactive=False, verbosity=0)
         self._ensure_admin(admin_user)
         worker = None
@@ -42,10 +59,16 @@ class Command(BaseCommand):
             worker = start_embedded_worker()
             self.stdout.write(f"Worker running in-process on queues: {', '.join(settings.FLOWSITE_QUEUES)}")
         mode = "embedded (SQLite, on-disk broker)" if settings.EMBEDDED else "service (PostgreSQL/Redis)"
-        self.stdout.write(self.style.SUCCESS(f"Flowsite ({mode}) at http://{host}:{port}/admin/"), ending="\n")
+        processes = f", {workers} web processes" if workers > 1 else ""
+        self.stdout.write(
+            self.style.SUCCESS(f"Flowsite ({mode}{processes}) at http://{host}:{port}/admin/"), ending="\n"
+        )
         self.stdout.flush()
         try:
-            uvicorn.run("flowsite.asgi:application", host=host, port=port, log_level="warning", lifespan="off")
+            uvicorn.run(
+                "flowsite.asgi:application", host=host, port=port, workers=workers,
+                log_level="warning", lifespan="off",
+            )
         finally:
             if worker is not None:
                 worker.stop()
