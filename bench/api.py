@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,18 +80,27 @@ def timed(method: str, path: str, body: bytes | None, headers: dict, conn_cache:
     return elapsed
 
 
+def _ready(_: int) -> None:
+    return None
+
+
+def _client(job: tuple) -> list[float]:
+    method, path, body, headers, count = job
+    cache: dict = {}
+    timed(method, path, body, headers, cache)  # warm-up: the connection
+    return [timed(method, path, body, headers, cache) for _ in range(count)]
+
+
 def run(label: str, method: str, path: str, body: bytes | None, auth: str, clients: int, requests: int) -> dict:
     headers = {"Authorization": f"Bearer {auth}", "Content-Type": "application/json"}
     per_client = requests // clients
-
-    def client(_):
-        cache: dict = {}
-        timed(method, path, body, headers, cache)  # warm-up
-        return [timed(method, path, body, headers, cache) for _ in range(per_client)]
-
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        samples = [s for chunk in pool.map(client, range(clients)) for s in chunk]
+    # Each client is its own process (as real clients are): threads would share one GIL
+    # and add their own queueing to the server's latency.
+    with ProcessPoolExecutor(clients) as pool:
+        list(pool.map(_ready, range(clients)))  # processes started before the clock
+        start = time.perf_counter()
+        chunks = pool.map(_client, [(method, path, body, headers, per_client)] * clients)
+        samples = [s for chunk in chunks for s in chunk]
     wall = time.perf_counter() - start
     samples.sort()
     return {
@@ -103,12 +112,29 @@ def run(label: str, method: str, path: str, body: bytes | None, auth: str, clien
     }
 
 
+def machine_speed_ms() -> float:
+    """A fixed pure-Python workload (median of 5, ms): how fast this shared machine is right now.
+
+    Absolute latencies move with it (the same code measured 1.7x apart on one day);
+    compare figures taken at similar speeds.
+    """
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        samples.append(1000 * (time.perf_counter() - start))
+    return round(statistics.median(samples), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--web-workers", type=int, default=None, help="web processes (default: the project's)")
     args = parser.parse_args()
+    speed_before = machine_speed_ms()
     big = prepare()
     auth = token()
     # The shipped server command (uvicorn, httptools), with its default process count
@@ -139,6 +165,8 @@ def main() -> None:
         subprocess.run(["redis-cli", "-n", "13", "flushdb"], capture_output=True)
     workers = args.web_workers or f"{2 * (os.cpu_count() or 1)} (default)"
     print(f"\n{args.clients} concurrent keep-alive clients, manage.py up --workers {workers}, PostgreSQL\n")
+    print(f"machine speed: a fixed Python loop took {speed_before} ms before and {machine_speed_ms()} ms after "
+          "(lower is faster)\n")
     print("| endpoint | p50 ms | p95 ms | requests/s |")
     print("|---|---|---|---|")
     for row in rows:
