@@ -85,7 +85,10 @@ def _ready(_: int) -> None:
 
 
 def _client(job: tuple) -> list[float]:
-    method, path, body, headers, count = job
+    index, method, path, body, headers, count = job
+    # Connect one after another, as real clients do: connections opened at the same
+    # instant are all accepted by whichever web process wakes first.
+    time.sleep(0.1 * index)
     cache: dict = {}
     timed(method, path, body, headers, cache)  # warm-up: the connection
     return [timed(method, path, body, headers, cache) for _ in range(count)]
@@ -99,7 +102,7 @@ def run(label: str, method: str, path: str, body: bytes | None, auth: str, clien
     with ProcessPoolExecutor(clients) as pool:
         list(pool.map(_ready, range(clients)))  # processes started before the clock
         start = time.perf_counter()
-        chunks = pool.map(_client, [(method, path, body, headers, per_client)] * clients)
+        chunks = pool.map(_client, [(index, method, path, body, headers, per_client) for index in range(clients)])
         samples = [s for chunk in chunks for s in chunk]
     wall = time.perf_counter() - start
     samples.sort()
