@@ -30,3 +30,7 @@ class FlowClosed(FlowsiteError):
 
 class JobTimeoutError(Exception):
     """A handler ran longer than its job's ``timeout`` option."""
+
+
+class JobLostError(Exception):
+    """The worker process running a job died (killed, out of memory) before it finished."""

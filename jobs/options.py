@@ -48,6 +48,10 @@ class JobOptions:
             return self.backoff_delay_ms * 2 ** max(attempts_made - 1, 0)
         return self.backoff_delay_ms
 
+    def retry_delay_ms(self, attempts_made: int) -> int | None:
+        """The wait before the next try after a failed one, or None when no attempt is left."""
+        return self.backoff_ms(attempts_made) if attempts_made < self.attempts else None
+
     @property
     def celery_priority(self) -> int | None:
         if not self.priority:

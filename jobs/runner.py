@@ -26,13 +26,15 @@ class UnknownHandler(LookupError):
     """The job names a handler that this worker does not have."""
 
 
-def run_job(*, job_id: str) -> None:
+def run_job(*, job_id: str, redelivered: bool = False) -> None:
     """Run one job: ``active``, then ``completed``, ``delayed`` (retry) or ``failed``.
 
     A job that cannot start (finished, running elsewhere, cancelled, gone)
-    is left alone: that is how duplicate deliveries become harmless.
+    is left alone: that is how duplicate deliveries become harmless. A
+    redelivered message of a job still ``active`` means its run was lost
+    (see ``services.job_start``).
     """
-    job = services.job_start(job_id=job_id)
+    job = services.job_start(job_id=job_id, redelivered=redelivered)
     if job is None:
         logger.info("Job %s is not startable; delivery ignored", job_id)
         return
@@ -42,8 +44,7 @@ def run_job(*, job_id: str) -> None:
         if contains_nul(result):  # also checks that it is JSON-serialisable
             raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
     except Exception as exc:  # the handler's failure is the job's failure
-        retry = options.backoff_ms(job.attempts_made) if job.attempts_made < options.attempts else None
-        services.job_fail(job=job, exc=exc, retry_delay_ms=retry)
+        services.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made))
         return
     services.job_complete(job=job, result=result)
 

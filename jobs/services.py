@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from flows import engine
 from flowsite.db import prepared_cursor
-from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
+from jobs.exceptions import FlowClosed, InvalidTransition, JobLostError, SpecValidationError
 from jobs.models import Job, JobLog, QueueState
 from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
 from jobs.validation import NUL_MESSAGE, contains_nul, validate_job_fields
@@ -158,12 +158,18 @@ def _wait_for_flush() -> None:
     _fetch_one("SELECT pg_current_xact_id()", [])
 
 
-def job_start(*, job_id: str) -> StartedJob | None:
+def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
     """Move a job ``waiting|delayed -> active``, counting the attempt.
 
     Returns ``None`` (and changes nothing) when the job is not startable: already
     running or finished (a duplicated delivery), cancelled, or gone. Marks the
     job's flow ``running`` the first time one of its jobs starts.
+
+    ``redelivered``: the broker gave this message out before and it was never
+    acknowledged. If the job is still ``active``, the run that had it was lost (its
+    worker died or was killed), so that attempt is recorded as failed, like any
+    failure: retried after its backoff while attempts remain, else failed for good.
+    This relies on the broker's visibility timeout being longer than any job runs.
     """
     sql = _START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL
     for _ in range(3):
@@ -173,7 +179,12 @@ def job_start(*, job_id: str) -> StartedJob | None:
         )
         if row is not None:
             break
-        if _park_if_paused(job_id) or not _is_startable(job_id):
+        if _park_if_paused(job_id):
+            return None
+        if redelivered:
+            _fail_lost_run(job_id)
+            return None
+        if not _is_startable(job_id):
             return None
         # The queue was resumed between the two statements: try again.
     else:
@@ -193,6 +204,22 @@ def job_start(*, job_id: str) -> StartedJob | None:
     if job.flow_id:
         engine.flow_mark_running(flow_id=job.flow_id)
     return job
+
+
+def _fail_lost_run(job_id: str) -> bool:
+    """Record a lost run of an ``active`` job as a failed attempt; False if it is not active."""
+    from jobs.options import JobOptions
+
+    job = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).first()
+    if job is None:
+        return False
+    started = StartedJob.from_job(job)
+    error = JobLostError(
+        f"The worker running attempt {job.attempts_made} of this job was lost (its process died or was killed)."
+    )
+    JobLog.objects.create(job_id=job_id, message=str(error))
+    retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)
+    return job_fail(job=started, exc=error, retry_delay_ms=retry)
 
 
 def job_children_outcomes(*, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:

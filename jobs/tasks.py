@@ -24,12 +24,17 @@ class JobRef:
     opts: dict[str, Any]
 
 
-@shared_task(name="jobs.run", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def run(job_id: str) -> None:
-    """Run the job ``job_id`` (delivered at least once; duplicates change nothing)."""
+@shared_task(name="jobs.run", bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run(self, job_id: str) -> None:
+    """Run the job ``job_id`` (delivered at least once; duplicates change nothing).
+
+    ``acks_late`` with ``reject_on_worker_lost``: when the process running a job dies,
+    its message goes back to the queue marked redelivered, and the job's lost run is
+    recorded as a failed attempt (retried while attempts remain).
+    """
     from jobs.runner import run_job
 
-    run_job(job_id=job_id)
+    run_job(job_id=job_id, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))
 
 
 def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> None:

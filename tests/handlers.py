@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -85,3 +86,11 @@ def fail_first_time(ctx: JobContext):
         marker.write_text("failed once")
         raise RuntimeError("first run fails")
     return {"recovered": True}
+
+
+@job_handler("test-die-first-time")
+def die_first_time(ctx: JobContext):
+    """Kill its own worker process on the first attempt (as the OOM killer would), then succeed."""
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"survived": ctx.attempt}

@@ -245,6 +245,30 @@ def test_timeout_fails_the_attempt_and_retries_like_any_failure(user):
     assert (job.finished_at - job.created_at).total_seconds() < 3
 
 
+def test_a_job_whose_worker_process_dies_is_retried_like_any_failure(user):
+    spec = flow_of(leaf("test-die-first-time", opts={"attempts": 2, "backoff": {"type": "fixed", "delay": 200}}))
+
+    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+
+    job = Job.objects.get(pk=flow.root_job_id)
+    assert flow.status == FlowStatus.COMPLETED, job.error
+    assert flow.result == {"survived": 2}
+    assert job.attempts_made == 2
+    assert JobLog.objects.filter(job=job, message__contains="attempt 1 of this job was lost").exists()
+
+
+def test_a_job_whose_worker_process_dies_with_no_attempt_left_fails_its_flow(user):
+    spec = flow_of(leaf("test-sum", children=[leaf("test-die-first-time"), leaf(value=1)]))
+
+    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+
+    dead = job_named(flow, "test-die-first-time")
+    assert flow.status == FlowStatus.FAILED
+    assert (dead.status, dead.attempts_made, dead.error_type) == (JobStatus.FAILED, 1, "JobLostError")
+    assert "was lost" in flow.error
+    assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.FAILED
+
+
 def test_cancel_mid_flow_stops_everything_that_has_not_run(user):
     spec = flow_of(leaf("test-echo", children=[
         leaf("test-sleep", data={"ms": 1500}),

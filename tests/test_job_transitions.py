@@ -186,3 +186,16 @@ def test_a_start_inside_a_callers_transaction_leaves_its_durability_alone(user):
     with transaction.atomic():
         assert job_start(job_id=child.id) is not None
         assert _synchronous_commit() == "on"
+
+
+@pytest.mark.django_db
+def test_a_redelivered_message_of_a_waiting_or_finished_job_is_an_ordinary_delivery(user):
+    flow = flow_create(owner=user, spec=spec(2))
+    first, second = Job.objects.filter(flow=flow, parent__isnull=False)
+    job_complete(job=job_start(job_id=first.id), result=1)
+
+    # Finished: nothing happens. Waiting (restored at a worker's shutdown): it starts.
+    assert job_start(job_id=first.id, redelivered=True) is None
+    assert job_start(job_id=second.id, redelivered=True).attempts_made == 1
+    first.refresh_from_db()
+    assert (first.status, first.attempts_made) == (JobStatus.COMPLETED, 1)
