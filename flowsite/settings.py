@@ -250,10 +250,24 @@ else:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # A job running longer than this is re-delivered (and refused by the state machine).
+        # A job still active when its message comes back after this long counts as a lost
+        # run (jobs.services.job_start): keep it longer than any job runs.
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600, minimum=60),
         "queue_order_strategy": "priority",
         "priority_steps": list(range(10)),
+    }
+
+# CACHE
+# ------------------------------------------------------------------------------
+# Shared by every web process (throttling counts requests across all of them), in Redis
+# in service mode; embedded mode serves from one process, so memory is enough.
+if not EMBEDDED:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "flowsite",
+        }
     }
 
 # FLOWSITE

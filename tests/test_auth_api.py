@@ -106,3 +106,32 @@ def test_health_and_schema_need_no_authentication():
     client = APIClient()
     assert client.get("/health").status_code == 200
     assert client.get("/api/schema/").status_code == 200
+
+
+def test_the_token_throttle_counts_requests_across_processes(user):
+    """Service mode runs several web processes: the throttle counts in the shared cache (Redis)."""
+    import os
+    import subprocess
+    import sys
+
+    from django.core.cache import cache
+
+    from tests.conftest import ROOT
+
+    key = "throttle_anon_127.0.0.1"  # DRF's AnonRateThrottle key for the test client's address
+    cache.delete(key)
+    try:
+        client = APIClient()
+        # Every request counts, also a refused one (400: no credentials, so no slow hashing).
+        statuses = [client.post("/api/auth/token", {}, format="json").status_code for _ in range(30)]
+        assert set(statuses) == {400}
+        other_process = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             "from rest_framework.test import APIClient; "
+             "print(APIClient().post('/api/auth/token', {'username': 'alice', 'password': 'pw-alice-123'}, "
+             "format='json').status_code)"],
+            cwd=ROOT, env={**os.environ, "ALLOWED_HOSTS": "testserver"}, capture_output=True, text=True, timeout=60,
+        )
+        assert other_process.stdout.strip().splitlines()[-1] == "429", other_process.stderr
+    finally:
+        cache.delete(key)
