@@ -33,4 +33,4 @@ class JobTimeoutError(Exception):
 
 
 class JobLostError(Exception):
-    """The worker process running a job died (killed, out of memory) before it finished."""
+    """A job's run was lost before it finished: its worker process died, or lost the database."""

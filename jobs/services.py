@@ -165,11 +165,11 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
     running or finished (a duplicated delivery), cancelled, or gone. Marks the
     job's flow ``running`` the first time one of its jobs starts.
 
-    ``redelivered``: the broker gave this message out before and it was never
-    acknowledged. If the job is still ``active``, the run that had it was lost (its
-    worker died or was killed), so that attempt is recorded as failed, like any
-    failure: retried after its backoff while attempts remain, else failed for good.
-    This relies on the broker's visibility timeout being longer than any job runs.
+    ``redelivered``: this message was given out before and its run did not finish
+    (see ``jobs.tasks.run``). If the job is still ``active``, that run was lost (its
+    worker died, or lost the database), so the attempt is recorded as failed, like
+    any failure: retried after its backoff while attempts remain, else failed for
+    good. This relies on the broker's visibility timeout being longer than any job runs.
     """
     sql = _START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL
     for _ in range(3):
@@ -215,7 +215,8 @@ def _fail_lost_run(job_id: str) -> bool:
         return False
     started = StartedJob.from_job(job)
     error = JobLostError(
-        f"The worker running attempt {job.attempts_made} of this job was lost (its process died or was killed)."
+        f"Attempt {job.attempts_made} of this job was lost before it finished "
+        "(its worker process died, or lost the database)."
     )
     JobLog.objects.create(job_id=job_id, message=str(error))
     retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)

@@ -94,3 +94,17 @@ def die_first_time(ctx: JobContext):
     if ctx.attempt == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return {"survived": ctx.attempt}
+
+
+@job_handler("test-lose-database-first-time")
+def lose_database_first_time(ctx: JobContext):
+    """On the first attempt, have PostgreSQL drop this worker's connection (as a restart would)."""
+    from django.db import OperationalError, connection
+
+    if ctx.attempt == 1:
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            except OperationalError:
+                pass
+    return {"attempt": ctx.attempt}

@@ -254,7 +254,19 @@ def test_a_job_whose_worker_process_dies_is_retried_like_any_failure(user):
     assert flow.status == FlowStatus.COMPLETED, job.error
     assert flow.result == {"survived": 2}
     assert job.attempts_made == 2
-    assert JobLog.objects.filter(job=job, message__contains="attempt 1 of this job was lost").exists()
+    assert JobLog.objects.filter(job=job, message__contains="Attempt 1 of this job was lost").exists()
+
+
+def test_a_job_whose_worker_loses_the_database_is_retried_when_it_is_back(user):
+    spec = flow_of(leaf("test-lose-database-first-time", opts={"attempts": 2}))
+
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=90)
+
+    job = Job.objects.get(pk=flow.root_job_id)
+    assert flow.status == FlowStatus.COMPLETED, job.error
+    assert flow.result == {"attempt": 2}
+    assert job.attempts_made == 2
+    assert JobLog.objects.filter(job=job, message__contains="Attempt 1 of this job was lost").exists()
 
 
 def test_a_job_whose_worker_process_dies_with_no_attempt_left_fails_its_flow(user):
