@@ -8,6 +8,7 @@ never touch job rows themselves; every status change goes through
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from typing import Any
 
@@ -40,13 +41,16 @@ def run_job(*, job_id: str, redelivered: bool = False) -> None:
         return
     options = JobOptions.from_stored(job.opts)
     try:
-        result = _call_handler(job, options)
-        if contains_nul(result):  # also checks that it is JSON-serialisable
-            raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
-    except Exception as exc:  # the handler's failure is the job's failure
-        services.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made))
-        return
-    services.job_complete(job=job, result=result)
+        try:
+            result = _call_handler(job, options)
+            if contains_nul(result):  # also checks that it is JSON-serialisable
+                raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
+        except Exception as exc:  # the handler's failure is the job's failure
+            services.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made))
+            return
+        services.job_complete(job=job, result=result)
+    finally:
+        _rearm_soft_limit()
 
 
 def _call_handler(job: services.StartedJob, options: JobOptions) -> Any:
@@ -69,15 +73,87 @@ def _call_handler(job: services.StartedJob, options: JobOptions) -> Any:
     )
     if options.timeout_ms is None:
         return handler(ctx)
+    if _soft_limit_available():
+        return _call_with_soft_limit(handler, ctx, options.timeout_ms)
     return _call_with_timeout(handler, ctx, options.timeout_ms)
+
+
+# Timeouts. In a prefork pool process the job's message carries a Celery soft time
+# limit (``jobs.tasks.enqueue_jobs``): when it runs out, the pool signals the process
+# and the handler is interrupted where it is, with an exception. Elsewhere (the
+# embedded mode's threads, the solo pool) nothing can interrupt Python code, so the
+# handler runs in a helper thread that is abandoned when the time is up.
+_soft_limit_sighandler = None  # billiard's SIGUSR1 handler, once this process is known to have it
+
+
+def _soft_limit_available() -> bool:
+    """True in a prefork pool process running a message that has a soft time limit."""
+    global _soft_limit_sighandler
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+        return False
+    if _soft_limit_sighandler is None:
+        from billiard.pool import soft_timeout_sighandler
+
+        if signal.getsignal(signal.SIGUSR1) is not soft_timeout_sighandler:
+            return False
+        _soft_limit_sighandler = soft_timeout_sighandler
+    from celery import current_task
+
+    limits = getattr(getattr(current_task, "request", None), "timelimit", None) or (None, None)
+    return bool(limits[1])
+
+
+def _call_with_soft_limit(handler, ctx: JobContext, timeout_ms: int) -> Any:
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    timed_out = False
+
+    def interrupt(signum, frame):
+        nonlocal timed_out
+        timed_out = True
+        raise SoftTimeLimitExceeded()
+
+    signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        value = handler(ctx)
+    except SoftTimeLimitExceeded:
+        timed_out = True
+    finally:
+        # A limit that runs out now, after the handler, must not interrupt the bookkeeping.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if timed_out:  # also when the handler caught the interruption and carried on
+        _drop_busy_connection()
+        raise JobTimeoutError(f"Job timed out after {timeout_ms} ms")
+    return value
+
+
+def _drop_busy_connection() -> None:
+    """Close the database connection if the interruption left it mid-query or mid-transaction."""
+    from django.db import connection
+
+    raw = connection.connection
+    if raw is None or connection.vendor != "postgresql":
+        return
+    from psycopg.pq import TransactionStatus
+
+    if raw.info.transaction_status != TransactionStatus.IDLE:
+        logger.warning("A timed-out handler left its database connection busy; closing it")
+        try:
+            connection.close()
+        except Exception:  # already broken: Django opens a new one when it is next used
+            connection.connection = None
+
+
+def _rearm_soft_limit() -> None:
+    if _soft_limit_sighandler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, _soft_limit_sighandler)
 
 
 def _call_with_timeout(handler, ctx: JobContext, timeout_ms: int) -> Any:
     """Run the handler in a helper thread and give up after ``timeout_ms``.
 
-    Works the same in every worker pool (prefork, threads, solo). A handler that
-    overruns is abandoned: its thread runs on, but whatever it returns is
-    discarded and its job, no longer active, refuses its progress updates.
+    A handler that overruns is abandoned: its thread runs on, but whatever it
+    returns is discarded and its job, no longer active, refuses its progress updates.
     """
     outcome: dict[str, Any] = {}
 

@@ -76,6 +76,8 @@ def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> None
                 routing_key=ref.queue_name,
                 priority=options.celery_priority,
                 countdown=delay / 1000 if delay else None,
+                # Interrupts an overrunning handler in prefork pools (jobs.runner).
+                soft_time_limit=options.timeout_ms / 1000 if options.timeout_ms else None,
                 producer=producer,
             )
 

@@ -108,3 +108,13 @@ def lose_database_first_time(ctx: JobContext):
             except OperationalError:
                 pass
     return {"attempt": ctx.attempt}
+
+
+@job_handler("test-db-sleep")
+def db_sleep(ctx: JobContext):
+    """Wait inside a database query (a timeout interrupts it mid-query)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [ctx.data.get("ms", 100) / 1000])
+    return {"slept": True}

@@ -281,6 +281,31 @@ def test_a_job_whose_worker_process_dies_with_no_attempt_left_fails_its_flow(use
     assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.FAILED
 
 
+def test_a_timed_out_handler_is_interrupted_not_left_running(user):
+    spec = flow_of(leaf("test-sleep", data={"ms": 2000}, opts={"timeout": 300}))
+
+    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+
+    job = Job.objects.get(pk=flow.root_job_id)
+    assert (flow.status, job.error_type) == (FlowStatus.FAILED, "JobTimeoutError")
+    time.sleep(2.5)  # past the end of the sleep, had the handler been left running
+    logs = list(JobLog.objects.filter(job=job).values_list("message", flat=True))
+    assert any(line.startswith("start") for line in logs)
+    assert not any(line.startswith("end") for line in logs), logs
+
+
+def test_a_handler_timed_out_inside_a_database_query_leaves_a_working_worker(user):
+    spec = flow_of(leaf("test-db-sleep", data={"ms": 3000}, opts={"timeout": 300, "attempts": 2}))
+
+    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+
+    job = Job.objects.get(pk=flow.root_job_id)
+    assert (flow.status, job.error_type, job.attempts_made) == (FlowStatus.FAILED, "JobTimeoutError", 2)
+    # Both workers still run jobs (neither kept a connection stuck mid-query).
+    after = wait_for_flow(flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf(value=1)] * 4))))
+    assert after.status == FlowStatus.COMPLETED
+
+
 def test_cancel_mid_flow_stops_everything_that_has_not_run(user):
     spec = flow_of(leaf("test-echo", children=[
         leaf("test-sleep", data={"ms": 1500}),
