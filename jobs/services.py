@@ -181,8 +181,7 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
             break
         if _park_if_paused(job_id):
             return None
-        if redelivered:
-            _fail_lost_run(job_id)
+        if redelivered and _fail_lost_run(job_id):
             return None
         if not _is_startable(job_id):
             return None
