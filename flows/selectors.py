@@ -10,7 +10,7 @@ from django.db import connection
 from django.db.models import Count, QuerySet
 
 from flows.engine import flow_job_counts
-from flowsite.db import prepared_cursor
+from flowsite.db import load_json, prepared_cursor
 from flows.models import Flow
 from jobs.models import Job
 from jobs.selectors import JOB_STATE_FIELDS, iso, job_state_payload
@@ -107,18 +107,13 @@ def flow_payloads(flow_ids: list[str]) -> list[dict[str, Any]]:
             found = {}
             for *values, counts in cursor.fetchall():
                 row = dict(zip(FLOW_FIELDS, values))
-                row["result"] = _load_json(row["result"])
-                found[row["id"]] = flow_payload(row, progress_from_counts(_load_json(counts) or {}))
+                row["result"] = load_json(row["result"])
+                found[row["id"]] = flow_payload(row, progress_from_counts(load_json(counts) or {}))
     else:
         progress = flows_progress(flow_ids=flow_ids)
         found = {row["id"]: flow_payload(row, progress[row["id"]])
                  for row in Flow.objects.filter(pk__in=flow_ids).values(*FLOW_FIELDS)}
     return [found[flow_id] for flow_id in flow_ids if flow_id in found]
-
-
-def _load_json(value: Any) -> Any:
-    # Raw cursors hand JSON columns back as text.
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def flow_payload_of(flow: Flow) -> dict[str, Any]:

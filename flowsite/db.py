@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import connection
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
@@ -31,3 +34,8 @@ class _PreparedDebugCursor(CursorDebugWrapper):
 
     def debug_sql(self, sql=None, params=None, use_last_executed_query=False, many=False):
         return super().debug_sql(self.db.ops.compose_sql(sql, params), params, False, many)
+
+
+def load_json(value: Any) -> Any:
+    """A JSON column's value from a raw cursor, which hands it back as text."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value

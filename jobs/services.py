@@ -24,7 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from flows import engine
-from flowsite.db import prepared_cursor
+from flowsite.db import load_json, prepared_cursor
 from jobs.exceptions import FlowClosed, InvalidTransition, JobLostError, SpecValidationError
 from jobs.models import Job, JobLog, QueueState
 from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
@@ -64,11 +64,6 @@ class StartedJob:
             flow_id=job.flow_id, parent_id=job.parent_id, attempts_made=job.attempts_made,
             child_count=job.child_count, failure_policy=job.failure_policy,
         )
-
-
-def _load_json(value: Any) -> Any:
-    # Raw cursors hand JSON columns back as text on both SQLite and PostgreSQL.
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
 
 
 def _json_placeholder() -> str:
@@ -192,8 +187,8 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
         id=job_id,
         name=row[0],
         queue_name=row[1],
-        data=_load_json(row[2]) or {},
-        opts=_load_json(row[3]) or {},
+        data=load_json(row[2]) or {},
+        opts=load_json(row[3]) or {},
         flow_id=row[4],
         parent_id=row[5],
         attempts_made=row[6],
@@ -277,7 +272,7 @@ def _release_parent(parent_id: str) -> JobRef | None:
     )
     if row is None or row[0] != JobStatus.WAITING:
         return None
-    return JobRef(id=parent_id, queue_name=row[1], opts=_load_json(row[2]) or {})
+    return JobRef(id=parent_id, queue_name=row[1], opts=load_json(row[2]) or {})
 
 
 def job_complete(*, job: StartedJob, result: Any) -> bool:
@@ -305,7 +300,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
         if not row[0]:
             return False
         if row[1] == JobStatus.WAITING:
-            ready = JobRef(id=job.parent_id, queue_name=row[2], opts=_load_json(row[3]) or {})
+            ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
     else:
         with transaction.atomic():
             with prepared_cursor() as cursor:
