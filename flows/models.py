@@ -35,6 +35,9 @@ class Flow(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     total_jobs = models.PositiveIntegerField(default=0)
+    # The number of the flow's last event (flows/events.py): taken in the transaction
+    # of each change, so events are numbered in commit order without holes.
+    event_seq = models.PositiveBigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)

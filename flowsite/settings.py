@@ -16,6 +16,7 @@ import secrets
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlparse
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -267,6 +268,25 @@ if not EMBEDDED:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "flowsite",
+        }
+    }
+
+# CHANNELS
+# ------------------------------------------------------------------------------
+# Live events (flows/events.py). Service mode: channels-redis's pub/sub layer, so
+# every web process hears the groups its consumers joined, and workers publish with
+# a plain Redis PUBLISH. The prefix carries the Redis database number: pub/sub
+# channels are shared by all databases of a Redis server.
+if EMBEDDED:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": f"flowsite{urlparse(REDIS_URL).path.strip('/') or '0'}",
+            },
         }
     }
 
