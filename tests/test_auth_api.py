@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
@@ -64,6 +65,21 @@ def test_anonymous_bad_revoked_and_expired_tokens_get_401(user):
     client.credentials(HTTP_AUTHORIZATION=f"Token {expired}")
     assert client.get("/api/flows").status_code == 401
     assert not AuthToken.objects.filter(user=user).exists()  # the expired token is deleted
+
+
+@override_settings(REST_KNOX={"TOKEN_TTL": None, "AUTO_REFRESH": False})  # FLOWSITE_TOKEN_TTL_HOURS=0
+def test_a_token_that_never_expires_keeps_working(user):
+    from accounts.services import api_token_create
+
+    stored, token = api_token_create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    response = client.get("/api/flows")
+
+    assert response.status_code == 200, response.json()
+    stored.refresh_from_db()
+    assert stored.expiry is None  # still stored, never swept
 
 
 def test_a_token_request_costs_one_query_and_new_tokens_sweep_expired_ones(user):
