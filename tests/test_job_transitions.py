@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -10,10 +11,18 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from flows.models import Flow
-from flows.services import flow_cancel, flow_create, flow_retry
-from jobs.models import Job
+from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
+from jobs.models import Job, JobLog
 from jobs.options import JobOptions
-from jobs.services import job_complete, job_delete, job_fail, job_start, job_submit
+from jobs.services import (
+    job_complete,
+    job_delete,
+    job_fail,
+    job_log,
+    job_start,
+    job_submit,
+    job_update_progress,
+)
 from jobs.vocabulary import JOB_TRANSITIONS, TERMINAL_JOB_STATUSES, FlowStatus, JobStatus, sources_of
 
 
@@ -299,3 +308,42 @@ def test_the_retry_delay_after_each_failed_try_is_exact(backoff, delays):
 
     # After the 1st, 2nd, 3rd failed try, then none: 4 attempts are used up.
     assert [options.retry_delay_ms(tries) for tries in (1, 2, 3, 4)] == delays
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOWSITE_QUEUES=["held"])  # no worker consumes it: these threads are the running handlers
+def test_a_flow_deleted_while_its_running_jobs_write_logs_and_progress_raises_nothing(user):
+    """flow_delete and a running handler's ``ctx.log``/``ctx.update_progress`` are safe in any order."""
+    for _ in range(25):
+        flow = flow_create(owner=user, spec=spec(4, queue="held"))
+        running = [job_start(job_id=job_id).id for job_id in
+                   Job.objects.filter(flow=flow, parent__isnull=False).values_list("id", flat=True)]
+        writing = threading.Barrier(len(running) + 1)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def handler(job_id: str) -> None:
+            try:
+                writing.wait()
+                while not stop.is_set():
+                    job_log(job_id=job_id, message="tick")
+                    job_update_progress(job_id=job_id, progress=50)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=handler, args=(job_id,)) for job_id in running]
+        for thread in threads:
+            thread.start()
+        writing.wait()
+        try:
+            flow_delete(flow=flow)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+        assert errors == []
+        assert not Job.objects.filter(pk__in=running).exists()
+        assert not JobLog.objects.filter(job_id__in=running).exists()
