@@ -193,12 +193,14 @@ def test_a_paused_queue_holds_its_jobs_until_resumed(engine_db, user, staff_user
     assert staff.post("/api/queues/alt/pause").status_code == 200
     try:
         job_id = api.post("/api/jobs/alt", {"name": "test-value", "data": {"value": 9}}, format="json").json()["jobId"]
-        wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.PAUSED, message="the job to be parked")
+        wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.PAUSED, timeout=10,
+                 message="the job to be parked")
     finally:
         resumed = staff.post("/api/queues/alt/resume")
 
-    assert resumed.json()["jobsAffected"] >= 1
-    wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.COMPLETED, message="the job after resume")
+    assert resumed.json()["jobsAffected"] == 1
+    wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.COMPLETED, timeout=10,
+             message="the job after resume")
     assert Job.objects.get(pk=job_id).result == 9
 
 
