@@ -108,14 +108,26 @@ def test_create_api_token_command_prints_a_working_token(user, capsys):
     assert client.get("/api/dashboard").status_code == 200
 
 
-def test_session_auth_serves_the_browsable_api(user):
+def test_session_auth_serves_the_browsable_api(user, other_user):
+    from tests.factories import make_flow
+
+    mine = make_flow(user, flowname="alices-nightly-report")
+    theirs = make_flow(other_user, flowname="mallorys-secret-flow")
     client = APIClient()
     client.login(username="alice", password="pw-alice-123")
 
     response = client.get("/api/flows", HTTP_ACCEPT="text/html")
 
+    page = response.content.decode()
     assert response.status_code == 200
-    assert b"Flowsite" in response.content or b"Flow" in response.content
+    assert response["Content-Type"].startswith("text/html")
+    assert "Flow List" in page  # the browsable API's page for the flow list
+    assert '<li class="navbar-text">alice</li>' in page  # logged in by her session
+    # Her flow, rendered as the API's JSON inside the page; not the other user's.
+    assert "&quot;count&quot;: 1" in page
+    assert f"&quot;flowId&quot;: &quot;{mine.pk}&quot;" in page
+    assert "alices-nightly-report" in page
+    assert theirs.pk not in page and "mallorys-secret-flow" not in page
 
 
 def test_health_and_schema_need_no_authentication():
