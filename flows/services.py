@@ -16,6 +16,7 @@ from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
 from jobs.models import Job
+from jobs.services import lock_jobs
 from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
@@ -83,13 +84,19 @@ def flow_cancel(*, flow: Flow) -> Flow:
 
 
 def flow_delete(*, flow: Flow) -> None:
-    """Cancel the flow if it is still open, then delete it with all its jobs and logs."""
+    """Cancel the flow if it is still open, then delete it with all its jobs and logs.
+
+    The job rows are locked first, so a handler still running writes its log lines
+    either before the delete (they go with it) or after, as no-ops (``jobs.services.job_log``).
+    """
     if engine.flow_is_open(flow.status):
         try:
             flow_cancel(flow=flow)
         except InvalidTransition:
             pass  # it finished meanwhile: nothing left to stop
-    Flow.objects.filter(pk=flow.pk).delete()  # jobs and logs cascade
+    with transaction.atomic():
+        lock_jobs(Job.objects.filter(flow_id=flow.pk))
+        Flow.objects.filter(pk=flow.pk).delete()  # jobs and logs cascade
 
 
 def flow_create_idempotent(*, owner: AbstractBaseUser, spec: Any, key: str) -> tuple[Flow, bool]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
@@ -92,3 +93,15 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
         response.data = error_body(str(detail))
     return response
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's own 400 (``handler400``): JSON in the error shape for the API, HTML elsewhere.
+
+    Django answers it before any view runs, e.g. for a ``Host`` header that is empty or
+    not in ``ALLOWED_HOSTS`` (``DisallowedHost``), so the DRF exception handler never sees it.
+    """
+    if not request.path.startswith("/api/"):
+        return defaults.bad_request(request, exception)
+    message = "Invalid Host header." if isinstance(exception, DisallowedHost) else "Bad request."
+    return JsonResponse(error_body(message), status=400)

@@ -42,3 +42,5 @@ urlpatterns = [
     path("api/", include(api_urls)),
     path("health", health),
 ]
+
+handler400 = "flowsite.api.bad_request"

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from flows import engine
@@ -212,7 +212,7 @@ def _fail_lost_run(job_id: str) -> bool:
         f"Attempt {job.attempts_made} of this job was lost before it finished "
         "(its worker process died, or lost the database)."
     )
-    JobLog.objects.create(job_id=job_id, message=str(error))
+    job_log(job_id=job_id, message=str(error))
     retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)
     return job_fail(job=started, exc=error, retry_delay_ms=retry)
 
@@ -382,14 +382,32 @@ def _propagate_failure(*, job: StartedJob, error: str) -> None:
 
 
 def job_update_progress(*, job_id: str, progress: Any) -> bool:
-    """Set an active job's progress (a number or a JSON object)."""
+    """Set an active job's progress (a number or a JSON object).
+
+    False, and nothing written, if the job is no longer active or no longer exists
+    (its flow was deleted while its handler ran).
+    """
     json.dumps(progress)
     return bool(Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).update(progress=progress))
 
 
-def job_log(*, job_id: str, message: str) -> None:
-    """Append one line to a job's log."""
-    JobLog.objects.create(job_id=job_id, message=message)
+# One statement: the line is written only if its job still exists. On PostgreSQL the
+# job row is locked (KEY SHARE) for the insert, so a concurrent delete of the job
+# (``flow_delete``, ``job_delete``: they lock their job rows first, see ``lock_jobs``)
+# either waits for the line and deletes it with the job, or runs first and the insert
+# writes nothing. A plain INSERT violated the foreign key when its job vanished meanwhile.
+_LOG_SQL = (
+    f"INSERT INTO {JobLog._meta.db_table} (job_id, message, created_at) "
+    f"SELECT id, %s, %s FROM {JOB_TABLE} WHERE id = %s"
+)
+
+
+def job_log(*, job_id: str, message: str) -> bool:
+    """Append one line to a job's log; False, and nothing written, if the job no longer exists."""
+    sql = _LOG_SQL + (" FOR KEY SHARE" if connection.vendor == "postgresql" else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [message, connection.ops.adapt_datetimefield_value(timezone.now()), job_id])
+        return cursor.rowcount == 1
 
 
 def flow_metadata(*, flow_id: str, flowname: str, root_job_id: str, parent_job_id: str | None) -> dict:
@@ -565,11 +583,22 @@ def job_delete(*, job: Job) -> None:
     from flows.models import Flow
 
     with transaction.atomic():
+        lock_jobs(Job.objects.filter(pk=job.pk))
         job_cancel(job=job)
         Job.objects.filter(pk=job.pk).delete()
         if job.flow_id:
             Flow.objects.filter(pk=job.flow_id).update(total_jobs=F("total_jobs") - 1, updated_at=timezone.now())
             transaction.on_commit(lambda: engine.flow_settle(flow_id=job.flow_id))
+
+
+def lock_jobs(jobs: QuerySet[Job]) -> None:
+    """Lock these job rows until the end of the transaction, before they are deleted.
+
+    A running handler's log line (``job_log``) then either committed before, and is
+    deleted with its job, or waits and finds its job gone: never a log row left
+    pointing at a deleted job (a foreign-key violation at commit).
+    """
+    list(jobs.select_for_update().order_by("pk").values_list("pk", flat=True))
 
 
 def job_retry_standalone(*, job: Job) -> Job:

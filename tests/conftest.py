@@ -6,6 +6,7 @@ The suite runs in service mode; its environment defaults are in pytest.ini
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_QUEUES = os.environ.get("FLOWSITE_QUEUES", "default,video,image,alt")
+WORKER_COUNT = 2
 
 
 def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.05, message: str = "condition"):
@@ -41,6 +43,59 @@ def wait_for_flow(flow, *, timeout: float = 60.0):
     return flow
 
 
+def _queued_or_unacknowledged(client, job_ids: set[str]) -> set[str]:
+    """The ids with a message still in a Redis queue, or delivered but not acknowledged yet."""
+    messages = [json.loads(entry)[0] for entry in client.hvals("unacked")]
+    for key in client.scan_iter(count=1000):
+        if client.type(key) == b"list":
+            messages.extend(json.loads(item) for item in client.lrange(key, 0, -1))
+    return {message["headers"]["id"] for message in messages} & job_ids
+
+
+def _held_by_workers(job_ids: set[str]) -> set[str] | None:
+    """The ids a worker holds (reserved, waiting for their ETA, running); None if a worker did not answer."""
+    from flowsite.celery import app
+
+    inspect = app.control.inspect(timeout=2.0, limit=WORKER_COUNT)
+    held = set()
+    for method in (inspect.reserved, inspect.scheduled, inspect.active):
+        replies = method() or {}
+        if len(replies) < WORKER_COUNT:
+            return None
+        for tasks in replies.values():
+            held.update(task.get("id") or task["request"]["id"] for task in tasks)
+    return held & job_ids
+
+
+def wait_for_deliveries(job_ids, *, timeout: float = 15.0) -> None:
+    """Wait until every message of these jobs has been consumed, run (or revoked) and acknowledged.
+
+    Jobs are ``acks_late``: a message leaves Redis's ``unacked`` set only after its task ran.
+    Redis is read before the workers are asked: a message between the queue and the
+    ``unacked`` set is inside a worker's delivery callback, so the worker, answering after
+    it, reports it as held.
+    """
+    from flowsite.celery import app
+
+    pending = set(job_ids)
+    with app.connection_for_write() as conn:
+        client = conn.default_channel.client
+
+        def delivered() -> bool:
+            if _queued_or_unacknowledged(client, pending):
+                return False
+            return _held_by_workers(pending) == set()
+
+        wait_for(delivered, timeout=timeout, interval=0.1, message=f"the deliveries of {sorted(pending)}")
+
+
+def worker_log() -> str:
+    """Everything the test workers logged so far (they log at INFO)."""
+    from django.conf import settings
+
+    return "".join((settings.DATA_DIR / f"test-worker{index}.log").read_text() for index in range(WORKER_COUNT))
+
+
 def service_env(database_name: str) -> dict[str, str]:
     """The environment of a process that must use the test database (workers, commands)."""
     url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + database_name
@@ -63,7 +118,11 @@ def command_env(engine_db):
 
 @pytest.fixture(scope="session")
 def celery_workers(django_db_setup, django_db_blocker):
-    """Two real ``celery worker`` processes (prefork, 2 children each) on the test database."""
+    """Two real ``celery worker`` processes (prefork, 2 children each) on the test database.
+
+    They log at INFO into ``FLOWSITE_DATA_DIR/test-worker<n>.log`` (``worker_log()``): the
+    engine logs there, for instance, each delivery it ignores.
+    """
     from django.conf import settings
     from django.db import connection
 
@@ -74,20 +133,20 @@ def celery_workers(django_db_setup, django_db_blocker):
         conn.default_channel.client.flushdb()  # no stale messages from an earlier run
     processes = []
     logs = []
-    for index in range(2):
+    for index in range(WORKER_COUNT):
         log = open(settings.DATA_DIR / f"test-worker{index}.log", "w")
         logs.append(log)
         processes.append(
             subprocess.Popen(
                 [
                     sys.executable, "-m", "celery", "-A", "flowsite", "worker",
-                    "-Q", TEST_QUEUES, "-c", "2", "-P", "prefork", "-l", "warning",
+                    "-Q", TEST_QUEUES, "-c", "2", "-P", "prefork", "-l", "info",
                     "-n", f"test{index}@%h", "--without-mingle", "--without-gossip",
                 ],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         )
-    names = {f"test{index}@" for index in range(2)}
+    names = {f"test{index}@" for index in range(WORKER_COUNT)}
 
     def all_up():
         replies = app.control.ping(timeout=0.5) or []

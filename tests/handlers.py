@@ -47,7 +47,11 @@ def echo(ctx: JobContext):
 def sleep(ctx: JobContext):
     start = time.time()
     ctx.log(f"start {start}")
-    time.sleep(ctx.data.get("ms", 100) / 1000)
+    try:
+        time.sleep(ctx.data.get("ms", 100) / 1000)
+    except BaseException as exc:  # a timeout interrupting it: say so, and stop
+        ctx.log(f"interrupted by {type(exc).__name__}")
+        raise
     end = time.time()
     ctx.log(f"end {end}")
     return {"start": start, "end": end, "pid": os.getpid()}

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
@@ -66,6 +67,21 @@ def test_anonymous_bad_revoked_and_expired_tokens_get_401(user):
     assert not AuthToken.objects.filter(user=user).exists()  # the expired token is deleted
 
 
+@override_settings(REST_KNOX={"TOKEN_TTL": None, "AUTO_REFRESH": False})  # FLOWSITE_TOKEN_TTL_HOURS=0
+def test_a_token_that_never_expires_keeps_working(user):
+    from accounts.services import api_token_create
+
+    stored, token = api_token_create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    response = client.get("/api/flows")
+
+    assert response.status_code == 200, response.json()
+    stored.refresh_from_db()
+    assert stored.expiry is None  # still stored, never swept
+
+
 def test_a_token_request_costs_one_query_and_new_tokens_sweep_expired_ones(user):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -92,14 +108,26 @@ def test_create_api_token_command_prints_a_working_token(user, capsys):
     assert client.get("/api/dashboard").status_code == 200
 
 
-def test_session_auth_serves_the_browsable_api(user):
+def test_session_auth_serves_the_browsable_api(user, other_user):
+    from tests.factories import make_flow
+
+    mine = make_flow(user, flowname="alices-nightly-report")
+    theirs = make_flow(other_user, flowname="mallorys-secret-flow")
     client = APIClient()
     client.login(username="alice", password="pw-alice-123")
 
     response = client.get("/api/flows", HTTP_ACCEPT="text/html")
 
+    page = response.content.decode()
     assert response.status_code == 200
-    assert b"Flowsite" in response.content or b"Flow" in response.content
+    assert response["Content-Type"].startswith("text/html")
+    assert "Flow List" in page  # the browsable API's page for the flow list
+    assert '<li class="navbar-text">alice</li>' in page  # logged in by her session
+    # Her flow, rendered as the API's JSON inside the page; not the other user's.
+    assert "&quot;count&quot;: 1" in page
+    assert f"&quot;flowId&quot;: &quot;{mine.pk}&quot;" in page
+    assert "alices-nightly-report" in page
+    assert theirs.pk not in page and "mallorys-secret-flow" not in page
 
 
 def test_health_and_schema_need_no_authentication():

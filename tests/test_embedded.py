@@ -18,6 +18,7 @@ import urllib.request
 
 import pytest
 
+from jobs.vocabulary import FlowStatus, JobStatus
 from tests.conftest import ROOT, manage, wait_for
 
 SERVICE_VARIABLES = ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")
@@ -113,7 +114,8 @@ def test_a_failing_flow_fails_at_once_in_embedded_mode_too(embedded, tmp_path):
         "flowname": "doomed", "name": "test-echo", "queueName": "default",
         "children": [
             {"name": "test-fail", "queueName": "image", "opts": {"attempts": 2, "backoff": 100}},
-            {"name": "test-value", "queueName": "video"},
+            # Due in 10 minutes: the flow must not wait for it.
+            {"name": "test-value", "queueName": "video", "opts": {"delay": 600_000}},
         ],
     }))
     env = {**embedded["env"], "FLOWSITE_HANDLER_MODULES": "tests.handlers"}
@@ -121,5 +123,13 @@ def test_a_failing_flow_fails_at_once_in_embedded_mode_too(embedded, tmp_path):
     result = manage("submit_flow", str(spec), "--wait", "--no-worker", "--timeout", "60", env=env)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "(attempt 2)" in result.stdout or "delayed" in result.stdout
-    assert "Error: Job test-fail" in result.stdout
+    status = json.loads(manage("flow_status", result.stdout.splitlines()[0], "--json", env=env).stdout)
+    root = status["jobs"][0]
+    failing, waiting = root["children"]
+    assert status["status"] == FlowStatus.FAILED
+    assert (failing["name"], failing["status"], failing["attempts_made"]) == ("test-fail", JobStatus.FAILED, 2)
+    # Failed as soon as its child failed for good: the parent never ran, the sibling has not run yet.
+    assert (waiting["name"], waiting["status"], waiting["attempts_made"]) == ("test-value", JobStatus.DELAYED, 0)
+    assert (root["status"], root["attempts_made"]) == (JobStatus.FAILED, 0)
+    assert status["error"] == f"Job test-fail ({failing['id']}) failed: ValueError: boom"
+    assert f"Error: {status['error']}" in result.stdout.splitlines()

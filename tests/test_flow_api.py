@@ -178,6 +178,23 @@ def test_detail_has_progress_jobs_and_structure(api, user):
     assert "data" not in child  # the definition is in jobStructure
 
 
+def test_progress_percentage_counts_failed_jobs_as_finished(api, user):
+    flow = make_flow(user, children=3)
+    first, second, _ = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position")
+    Job.objects.filter(pk=first.pk).update(status=JobStatus.COMPLETED)
+    Job.objects.filter(pk=second.pk).update(status=JobStatus.FAILED)
+
+    detail = api.get(f"/api/flows/{flow.pk}").json()["progress"]
+    listed = api.get("/api/flows").json()["results"][0]["progress"]
+
+    per_status = {status.value: 0 for status in JobStatus}
+    per_status.update(
+        {JobStatus.COMPLETED: 1, JobStatus.FAILED: 1, JobStatus.WAITING: 1, JobStatus.WAITING_CHILDREN: 1}
+    )
+    # 2 of 4 jobs are finished: the completed one and the failed one.
+    assert detail == listed == {"total": 4, "completed": 1, "failed": 1, "percentage": 50.0, **per_status}
+
+
 def test_flow_jobs_filter_by_status(api, user):
     flow = make_flow(user, children=3)
 
@@ -258,32 +275,75 @@ def test_report_errors(api, user):
     assert parent.status_code == 409 and parent.json()["currentStatus"] == JobStatus.WAITING_CHILDREN
 
 
-def _object_requests(flow, job) -> list[tuple[str, str, dict | None]]:
-    return [
-        ("get", f"/api/flows/{flow.pk}", None),
-        ("get", f"/api/flows/{flow.pk}/jobs", None),
-        ("put", f"/api/flows/{flow.pk}/jobs/{job.pk}", {"status": "running"}),
-        ("post", f"/api/flows/{flow.pk}/retry", None),
-        ("post", f"/api/flows/{flow.pk}/cancel", None),
-        ("delete", f"/api/flows/{flow.pk}", None),
-    ]
+def _state(flow: Flow) -> tuple:
+    """The flow's status and every job's (id, status, attempts), or None for a deleted flow."""
+    status = Flow.objects.filter(pk=flow.pk).values_list("status", flat=True).first()
+    jobs = sorted(Job.objects.filter(flow_id=flow.pk).values_list("id", "status", "attempts_made"))
+    return status, jobs
 
 
-@pytest.mark.parametrize("index", range(6))
-def test_permission_matrix_owner_other_anonymous(user, other_user, index):
+def _check_detail(flow, job, response):
+    assert response.json()["flowId"] == flow.pk and len(response.json()["jobs"]) == 3
+
+
+def _check_jobs(flow, job, response):
+    assert {row["jobId"] for row in response.json()} == set(Job.objects.filter(flow=flow).values_list("id", flat=True))
+
+
+def _check_report(flow, job, response):
+    job.refresh_from_db()
+    flow.refresh_from_db()
+    assert (job.status, job.attempts_made, flow.status) == (JobStatus.ACTIVE, 1, FlowStatus.RUNNING)
+
+
+def _check_retry(flow, job, response):
+    job.refresh_from_db()
+    flow.refresh_from_db()
+    assert (job.status, job.attempts_made, job.error) == (JobStatus.WAITING, 0, "")
+    assert flow.status == FlowStatus.RUNNING
+
+
+def _check_cancel(flow, job, response):
+    flow.refresh_from_db()
+    assert flow.status == FlowStatus.CANCELLED
+    assert set(Job.objects.filter(flow=flow).values_list("status", flat=True)) == {JobStatus.CANCELLED}
+
+
+def _check_delete(flow, job, response):
+    assert _state(flow) == (None, [])
+
+
+# (method, path under the flow, body, whether the flow has failed first, the owner's effect)
+OBJECT_REQUESTS = {
+    "detail": ("get", "", None, False, _check_detail),
+    "jobs": ("get", "/jobs", None, False, _check_jobs),
+    "report": ("put", "/jobs/{job}", {"status": "running"}, False, _check_report),
+    "retry": ("post", "/retry", None, True, _check_retry),
+    "cancel": ("post", "/cancel", None, False, _check_cancel),
+    "delete": ("delete", "", None, False, _check_delete),
+}
+
+
+@pytest.mark.parametrize("request_name", OBJECT_REQUESTS)
+def test_permission_matrix_owner_other_anonymous(user, other_user, request_name):
+    method, path, body, failed, check = OBJECT_REQUESTS[request_name]
     flow = make_flow(user)
-    job = Job.objects.filter(flow=flow, parent__isnull=False).first()
-    method, url, body = _object_requests(flow, job)[index]
+    job = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position").first()
+    if failed:
+        Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, error="boom", error_type="ValueError")
+        Flow.objects.filter(pk=flow.pk).update(status=FlowStatus.FAILED)
+    url = f"/api/flows/{flow.pk}" + path.format(job=job.pk)
+    before = _state(flow)
 
     anonymous = getattr(token_client(None), method)(url, body, format="json")
     other = getattr(token_client(other_user), method)(url, body, format="json")
-    owner = getattr(token_client(user), method)(url, body, format="json")
 
     assert anonymous.status_code == 401
     assert other.status_code == 404
-    expected = 409 if url.endswith("/retry") else 200
-    assert owner.status_code == expected, owner.json()
-    assert Flow.objects.filter(pk=flow.pk).exists() == (method != "delete")
+    assert _state(flow) == before  # neither changed anything
+    owner = getattr(token_client(user), method)(url, body, format="json")
+    assert owner.status_code == 200, owner.json()
+    check(flow, job, owner)
 
 
 def test_list_query_count_does_not_grow_with_flows(api, user):

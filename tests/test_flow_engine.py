@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from jobs.models import Job, JobLog
 from jobs.services import job_submit
 from jobs.tasks import JobRef, enqueue_jobs
 from jobs.vocabulary import FailurePolicy, FlowStatus, JobStatus
-from tests.conftest import ROOT, wait_for, wait_for_flow
+from tests.conftest import ROOT, wait_for, wait_for_deliveries, wait_for_flow, worker_log
 
 pytestmark = pytest.mark.usefixtures("engine_db")
 
@@ -181,7 +180,8 @@ def test_ignore_dependency_on_failure_runs_the_parent_with_the_failure(user):
         leaf("test-fail", data={"message": "optional step broke"}, opts={"ignoreDependencyOnFailure": True}),
     ]))
 
-    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+    # Seconds, not the default minute: a parent never released fails the test fast.
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=10)
 
     failed = job_named(flow, "test-fail")
     assert failed.status == JobStatus.FAILED
@@ -200,7 +200,7 @@ def test_remove_dependency_on_failure_runs_the_parent_as_if_the_child_did_not_ex
         leaf("test-fail", opts={"removeDependencyOnFailure": True}),
     ]))
 
-    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=10)
 
     failed = job_named(flow, "test-fail")
     assert flow.status == FlowStatus.COMPLETED
@@ -212,7 +212,7 @@ def test_remove_dependency_on_failure_runs_the_parent_as_if_the_child_did_not_ex
 def test_fail_parent_on_failure_false_leaves_the_parent_waiting_and_fails_the_flow(user):
     spec = flow_of(leaf("test-echo", children=[leaf("test-fail", opts={"failParentOnFailure": False})]))
 
-    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=10)
 
     assert flow.status == FlowStatus.FAILED
     assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.WAITING_CHILDREN
@@ -288,21 +288,25 @@ def test_a_timed_out_handler_is_interrupted_not_left_running(user):
 
     job = Job.objects.get(pk=flow.root_job_id)
     assert (flow.status, job.error_type) == (FlowStatus.FAILED, "JobTimeoutError")
-    time.sleep(2.5)  # past the end of the sleep, had the handler been left running
+    # The handler logs the exception that stopped its sleep, then re-raises it: it got an
+    # exception where it was, before the job was failed, and runs no more. An abandoned
+    # handler would have logged nothing yet, and "end" later.
     logs = list(JobLog.objects.filter(job=job).values_list("message", flat=True))
-    assert any(line.startswith("start") for line in logs)
-    assert not any(line.startswith("end") for line in logs), logs
+    assert len(logs) == 2 and logs[0].startswith("start "), logs
+    assert logs[1] == "interrupted by SoftTimeLimitExceeded"
 
 
 def test_a_handler_timed_out_inside_a_database_query_leaves_a_working_worker(user):
     spec = flow_of(leaf("test-db-sleep", data={"ms": 3000}, opts={"timeout": 300, "attempts": 2}))
 
-    flow = wait_for_flow(flow_create(owner=user, spec=spec))
+    # Seconds, not the default minute: a worker stuck on a busy connection fails the test fast.
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=10)
 
     job = Job.objects.get(pk=flow.root_job_id)
     assert (flow.status, job.error_type, job.attempts_made) == (FlowStatus.FAILED, "JobTimeoutError", 2)
     # Both workers still run jobs (neither kept a connection stuck mid-query).
-    after = wait_for_flow(flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf(value=1)] * 4))))
+    more = flow_of(leaf("test-sum", children=[leaf(value=1)] * 4))
+    after = wait_for_flow(flow_create(owner=user, spec=more), timeout=10)
     assert after.status == FlowStatus.COMPLETED
 
 
@@ -312,17 +316,19 @@ def test_cancel_mid_flow_stops_everything_that_has_not_run(user):
         leaf("test-echo", children=[leaf("test-value", opts={"delay": 1000})]),
     ]))
     flow = flow_create(owner=user, spec=spec)
-    wait_for(lambda: job_named(flow, "test-sleep").status == JobStatus.ACTIVE, message="the sleeper to start")
+    sleeper, delayed = job_named(flow, "test-sleep"), job_named(flow, "test-value")
+    wait_for(lambda: Job.objects.get(pk=sleeper.pk).status == JobStatus.ACTIVE, message="the sleeper to start")
 
     flow = flow_cancel(flow=flow)
 
     assert flow.status == FlowStatus.CANCELLED
     assert set(Job.objects.filter(flow=flow).values_list("status", flat=True)) == {JobStatus.CANCELLED}
-    time.sleep(2.5)  # the sleeper finishes and the delayed job comes due
+    # The sleeper finishes its run and the delayed job comes due (or is revoked).
+    wait_for_deliveries([sleeper.id, delayed.id])
     for job in Job.objects.filter(flow=flow):
         assert job.status == JobStatus.CANCELLED
         assert job.result is None
-    assert Job.objects.get(flow=flow, name="test-value").started_at is None
+    assert Job.objects.get(pk=delayed.pk).started_at is None
     assert Job.objects.get(pk=flow.root_job_id).started_at is None
     flow.refresh_from_db()
     assert flow.status == FlowStatus.CANCELLED
@@ -332,13 +338,18 @@ def test_cancel_mid_flow_stops_everything_that_has_not_run(user):
 
 def test_delete_cancels_then_removes_every_row(user):
     flow = flow_create(owner=user, spec=flow_of(leaf("test-echo", children=[leaf("test-sleep", data={"ms": 500})])))
+    sleeper = job_named(flow, "test-sleep")
+    wait_for(lambda: JobLog.objects.filter(job=sleeper).exists(), message="the sleeper to log its start")
 
     flow_delete(flow=flow)
 
     assert not Flow.objects.filter(pk=flow.pk).exists()
     assert not Job.objects.filter(flow_id=flow.pk).exists()
-    time.sleep(0.8)
+    assert not JobLog.objects.filter(job=sleeper).exists()
+    # The sleeper's run ends after the delete (logging "end", completing): it writes nothing.
+    wait_for_deliveries([sleeper.id])
     assert not Job.objects.filter(flow_id=flow.pk).exists()
+    assert not JobLog.objects.filter(job_id=sleeper.id).exists()
 
 
 def test_a_duplicated_delivery_changes_nothing(user):
@@ -346,9 +357,16 @@ def test_a_duplicated_delivery_changes_nothing(user):
     before = {job.id: (job.status, job.attempts_made, job.result, job.finished_at) for job in flow.jobs.all()}
     logs_before = JobLog.objects.filter(job__flow=flow).count()
 
-    enqueue_jobs([JobRef(id=job_id, queue_name="default", opts={}) for job_id in before] * 2)
-    time.sleep(1.5)
+    def ignored() -> dict[str, int]:
+        log = worker_log()
+        return {job_id: log.count(f"Job {job_id} is not startable; delivery ignored") for job_id in before}
 
+    ignored_before = ignored()
+    enqueue_jobs([JobRef(id=job_id, queue_name="default", opts={}) for job_id in before] * 2)
+    wait_for_deliveries(before)
+
+    # Both duplicates of each job were consumed by a worker, which refused to start them.
+    assert ignored() == {job_id: count + 2 for job_id, count in ignored_before.items()}
     after = {job.id: (job.status, job.attempts_made, job.result, job.finished_at) for job in flow.jobs.all()}
     assert after == before
     assert JobLog.objects.filter(job__flow=flow).count() == logs_before

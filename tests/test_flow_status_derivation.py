@@ -25,10 +25,18 @@ S = JobStatus
         ({S.COMPLETED: 2, S.FAILED: 1}, 1, FlowStatus.COMPLETED),
         ({S.ACTIVE: 1, S.FAILED: 1}, 1, FlowStatus.RUNNING),
         ({S.COMPLETED: 1, S.FAILED: 2}, 1, FlowStatus.FAILED),
+        # One-job flows.
+        ({S.ACTIVE: 1}, 0, FlowStatus.RUNNING),
+        ({S.COMPLETED: 1}, 0, FlowStatus.COMPLETED),
+        ({S.FAILED: 1}, 0, FlowStatus.FAILED),
     ],
 )
 def test_flow_status_follows_job_counts(counts, ignored, expected):
     assert derive_flow_status(counts, ignored_failures=ignored) == expected
+
+
+def test_a_failure_counts_unless_it_is_said_to_be_ignored():
+    assert derive_flow_status({S.COMPLETED: 2, S.FAILED: 1}) == FlowStatus.FAILED
 
 
 def test_a_cancelled_flow_stays_cancelled_whatever_its_jobs():

@@ -97,9 +97,20 @@ def test_delete_a_standalone_job_revokes_it_and_a_tree_job_is_409(api, user):
     assert refused.status_code == 409 and "cancel or delete the flow instead" in refused.json()["error"]
 
 
+def counts(**nonzero: int) -> dict[str, int]:
+    """A queue's count per job status: ``nonzero`` (keyed by ``JobStatus`` name), every other status 0."""
+    return {status.value: nonzero.get(status.name, 0) for status in JobStatus}
+
+
+def _fail_the_first_child(flow: Flow, error: str) -> None:
+    child = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position").first()
+    Job.objects.filter(pk=child.pk).update(status=JobStatus.FAILED, error=error)
+
+
 @pytest.mark.django_db
-def test_queues_list_counts_and_only_staff_pause(api, user, staff_user):
+def test_queues_list_counts_only_the_users_jobs_and_only_staff_pause(api, user, other_user, staff_user):
     make_flow(user, children=2, queue="video")
+    _fail_the_first_child(make_flow(other_user, children=3, queue="video"), "their failure")
 
     queues = {queue["name"]: queue for queue in api.get("/api/queues").json()}
     pause = api.post("/api/queues/video/pause")
@@ -107,26 +118,31 @@ def test_queues_list_counts_and_only_staff_pause(api, user, staff_user):
     unknown = token_client(staff_user).post("/api/queues/nowhere/pause")
 
     assert set(queues) == {"default", "video", "image", "alt"}
-    assert queues["video"]["counts"][JobStatus.WAITING] == 2
-    assert queues["video"]["counts"][JobStatus.WAITING_CHILDREN] == 1
+    assert queues["video"]["counts"] == counts(WAITING=2, WAITING_CHILDREN=1)
     assert pause.status_code == 403
-    assert staff_pause.status_code == 200 and staff_pause.json() == {"name": "video", "paused": True, "jobsAffected": 2}
+    # Pausing is global: every user's waiting jobs of the queue are parked.
+    assert staff_pause.status_code == 200 and staff_pause.json() == {"name": "video", "paused": True, "jobsAffected": 4}
     assert unknown.status_code == 404
-    assert {q["name"]: q for q in api.get("/api/queues").json()}["video"]["counts"][JobStatus.PAUSED] == 2
+    after = {q["name"]: q for q in api.get("/api/queues").json()}["video"]
+    assert after["paused"] is True and after["counts"] == counts(PAUSED=2, WAITING_CHILDREN=1)
 
 
 @pytest.mark.django_db
-def test_dashboard_counts_queues_flows_and_latest_failures(api, user, other_user):
+def test_dashboard_counts_queues_flows_and_latest_failures_of_the_user_only(api, user, other_user):
     flow = make_flow(user, children=1)
-    make_flow(other_user)
+    theirs = make_flow(other_user, children=2)
     Job.objects.filter(pk=flow.root_job_id).update(status=JobStatus.FAILED, error="boom")
     Flow.objects.filter(pk=flow.pk).update(status=FlowStatus.FAILED)
+    _fail_the_first_child(theirs, "their failure")
+    Flow.objects.filter(pk=theirs.pk).update(status=FlowStatus.FAILED)
+    make_flow(other_user, children=3, queue="image")
 
     body = api.get("/api/dashboard").json()
 
-    assert body["flows"][FlowStatus.FAILED] == 1 and sum(body["flows"].values()) == 1
-    assert body["queues"]["default"][JobStatus.FAILED] == 1
-    assert [job["error"] for job in body["latestFailures"]] == ["boom"]
+    assert body["flows"] == {status.value: int(status == FlowStatus.FAILED) for status in FlowStatus}
+    assert body["queues"]["default"] == counts(FAILED=1, WAITING=1)
+    assert body["queues"]["image"] == counts()
+    assert [(job["jobId"], job["error"]) for job in body["latestFailures"]] == [(flow.root_job_id, "boom")]
     assert token_client(None).get("/api/dashboard").status_code == 401
 
 
@@ -177,25 +193,40 @@ def test_a_paused_queue_holds_its_jobs_until_resumed(engine_db, user, staff_user
     assert staff.post("/api/queues/alt/pause").status_code == 200
     try:
         job_id = api.post("/api/jobs/alt", {"name": "test-value", "data": {"value": 9}}, format="json").json()["jobId"]
-        wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.PAUSED, message="the job to be parked")
+        wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.PAUSED, timeout=10,
+                 message="the job to be parked")
     finally:
         resumed = staff.post("/api/queues/alt/resume")
 
-    assert resumed.json()["jobsAffected"] >= 1
-    wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.COMPLETED, message="the job after resume")
+    assert resumed.json()["jobsAffected"] == 1
+    wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.COMPLETED, timeout=10,
+             message="the job after resume")
     assert Job.objects.get(pk=job_id).result == 9
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "method, suffix, owner_status",
-    [("get", "", 200), ("post", "/retry", 409), ("delete", "", 204)],
+    [("get", "", 200), ("post", "/retry", 200), ("delete", "", 204)],
 )
 def test_job_permission_matrix_owner_other_anonymous(user, other_user, method, suffix, owner_status):
     job_id = token_client(user).post("/api/jobs/image", {"name": "test-value"}, format="json").json()["jobId"]
+    Job.objects.filter(pk=job_id).update(status=JobStatus.FAILED, error="boom", attempts_made=1)
     url = f"/api/jobs/image/{job_id}{suffix}"
 
     assert getattr(token_client(None), method)(url).status_code == 401
     assert getattr(token_client(other_user), method)(url).status_code == 404
-    assert Job.objects.filter(pk=job_id).exists()
-    assert getattr(token_client(user), method)(url).status_code == owner_status
+    job = Job.objects.get(pk=job_id)
+    assert (job.status, job.error, job.attempts_made) == (JobStatus.FAILED, "boom", 1)  # untouched
+    owner = getattr(token_client(user), method)(url)
+
+    assert owner.status_code == owner_status
+    if method == "delete":
+        assert not Job.objects.filter(pk=job_id).exists()
+        return
+    job.refresh_from_db()
+    if suffix == "/retry":
+        assert (job.status, job.error, job.attempts_made) == (JobStatus.WAITING, "", 0)
+    else:
+        assert owner.json()["jobId"] == job_id and owner.json()["status"] == JobStatus.FAILED
+        assert job.status == JobStatus.FAILED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -9,9 +10,19 @@ from django.db import connection, connections
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from flows.services import flow_create
-from jobs.models import Job
-from jobs.services import job_complete, job_fail, job_start
+from flows.models import Flow
+from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
+from jobs.models import Job, JobLog
+from jobs.options import JobOptions
+from jobs.services import (
+    job_complete,
+    job_delete,
+    job_fail,
+    job_log,
+    job_start,
+    job_submit,
+    job_update_progress,
+)
 from jobs.vocabulary import JOB_TRANSITIONS, TERMINAL_JOB_STATUSES, FlowStatus, JobStatus, sources_of
 
 
@@ -199,3 +210,140 @@ def test_a_redelivered_message_of_a_waiting_or_finished_job_is_an_ordinary_deliv
     assert job_start(job_id=second.id, redelivered=True).attempts_made == 1
     first.refresh_from_db()
     assert (first.status, first.attempts_made) == (JobStatus.COMPLETED, 1)
+
+
+def _run(job_id: str, result=None) -> bool:
+    """Start a job and complete it, as a worker would."""
+    return job_complete(job=job_start(job_id=job_id), result=result)
+
+
+@pytest.mark.django_db
+def test_a_cancelled_root_job_cannot_be_completed(user):
+    flow = flow_create(owner=user, spec={"flowname": "t", "name": "test-value", "queueName": "default"})
+    started = job_start(job_id=flow.root_job_id)
+    flow_cancel(flow=flow)
+
+    assert not job_complete(job=started, result="too late")
+
+    root = Job.objects.get(pk=flow.root_job_id)
+    assert (root.status, root.result) == (JobStatus.CANCELLED, None)
+    flow.refresh_from_db()
+    assert (flow.status, flow.result) == (FlowStatus.CANCELLED, None)
+
+
+def _flow_with_an_attached_job(user) -> tuple[Flow, Job]:
+    """A one-job flow whose root has completed while a job attached by ``flowId`` still waits."""
+    flow = flow_create(owner=user, spec={"flowname": "t", "name": "test-value", "queueName": "default"})
+    started = job_start(job_id=flow.root_job_id)
+    attached = job_submit(name="test-value", queue_name="alt", data={"flowId": flow.id})
+    assert job_complete(job=started, result="root done")
+    return flow, attached
+
+
+@pytest.mark.django_db
+def test_a_flow_stays_running_without_completed_at_while_an_attached_job_waits(user):
+    flow, attached = _flow_with_an_attached_job(user)
+
+    flow.refresh_from_db()
+    assert (flow.status, flow.completed_at, flow.result) == (FlowStatus.RUNNING, None, None)
+
+    assert _run(attached.id, "attached done")
+    flow.refresh_from_db()
+    assert (flow.status, flow.result) == (FlowStatus.COMPLETED, "root done")
+    assert flow.completed_at is not None
+
+
+@pytest.mark.django_db
+def test_deleting_the_attached_job_of_a_cancelled_flow_leaves_it_cancelled(
+    user, django_capture_on_commit_callbacks
+):
+    flow, attached = _flow_with_an_attached_job(user)
+    flow_cancel(flow=flow)
+
+    with django_capture_on_commit_callbacks(execute=True):  # job_delete settles the flow after commit
+        job_delete(job=Job.objects.get(pk=attached.pk))
+
+    assert not Job.objects.filter(pk=attached.pk).exists()
+    flow.refresh_from_db()
+    assert (flow.status, flow.result, flow.total_jobs) == (FlowStatus.CANCELLED, None, 1)
+
+
+@pytest.mark.django_db
+def test_retrying_a_flow_counts_a_sibling_whose_failure_was_ignored_as_done(user):
+    flow = flow_create(owner=user, spec={
+        "flowname": "t", "name": "test-echo", "queueName": "default",
+        "children": [
+            {"name": "test-fail", "queueName": "default", "opts": {"ignoreDependencyOnFailure": True}},
+            {"name": "test-value", "queueName": "default"},
+        ],
+    })
+    ignored, broken = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position")
+    assert job_fail(job=job_start(job_id=ignored.id), exc=ValueError("optional"), retry_delay_ms=None)
+    assert job_fail(job=job_start(job_id=broken.id), exc=ValueError("real"), retry_delay_ms=None)
+    flow.refresh_from_db()
+    assert flow.status == FlowStatus.FAILED
+
+    flow = flow_retry(flow=flow)
+
+    root = Job.objects.get(pk=flow.root_job_id)
+    assert (flow.status, root.status, root.pending_children) == (FlowStatus.RUNNING, JobStatus.WAITING_CHILDREN, 1)
+    assert Job.objects.get(pk=ignored.pk).status == JobStatus.FAILED  # not re-run
+    assert _run(broken.id, 1)
+    assert Job.objects.get(pk=root.pk).status == JobStatus.WAITING  # released by its last real child
+    assert _run(root.id, "done")
+    flow.refresh_from_db()
+    assert (flow.status, flow.result) == (FlowStatus.COMPLETED, "done")
+
+
+@pytest.mark.parametrize(
+    "backoff, delays",
+    [
+        ({"type": "exponential", "delay": 300}, [300, 600, 1200, None]),
+        ({"type": "fixed", "delay": 400}, [400, 400, 400, None]),
+        (250, [250, 250, 250, None]),
+    ],
+)
+def test_the_retry_delay_after_each_failed_try_is_exact(backoff, delays):
+    options = JobOptions.from_stored({"attempts": 4, "backoff": backoff})
+
+    # After the 1st, 2nd, 3rd failed try, then none: 4 attempts are used up.
+    assert [options.retry_delay_ms(tries) for tries in (1, 2, 3, 4)] == delays
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(FLOWSITE_QUEUES=["held"])  # no worker consumes it: these threads are the running handlers
+def test_a_flow_deleted_while_its_running_jobs_write_logs_and_progress_raises_nothing(user):
+    """flow_delete and a running handler's ``ctx.log``/``ctx.update_progress`` are safe in any order."""
+    for _ in range(25):
+        flow = flow_create(owner=user, spec=spec(4, queue="held"))
+        running = [job_start(job_id=job_id).id for job_id in
+                   Job.objects.filter(flow=flow, parent__isnull=False).values_list("id", flat=True)]
+        writing = threading.Barrier(len(running) + 1)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def handler(job_id: str) -> None:
+            try:
+                writing.wait()
+                while not stop.is_set():
+                    job_log(job_id=job_id, message="tick")
+                    job_update_progress(job_id=job_id, progress=50)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=handler, args=(job_id,)) for job_id in running]
+        for thread in threads:
+            thread.start()
+        writing.wait()
+        try:
+            flow_delete(flow=flow)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+        assert errors == []
+        assert not Job.objects.filter(pk__in=running).exists()
+        assert not JobLog.objects.filter(job_id__in=running).exists()

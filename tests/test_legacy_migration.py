@@ -253,8 +253,9 @@ def test_migrates_every_case_of_every_source(kind, make_legacy, alice, keeper, d
 
 
 @pytest.mark.django_db
-def test_a_second_run_changes_nothing(make_legacy, alice, keeper):
-    db, url = make_legacy("sqlite-cuid")
+@pytest.mark.parametrize("kind", KINDS)  # integer ids too: they are compared as text
+def test_a_second_run_changes_nothing(kind, make_legacy, alice, keeper):
+    db, url = make_legacy(kind)
     build_scenario(db)
     migrate("--source", url, "--owner", "keeper")
     before = snapshot()

@@ -11,10 +11,10 @@ from tests.conftest import ROOT
 CHECK = "import django; django.setup(); from django.conf import settings as s; print(s.DEBUG, s.EMBEDDED, s.DATABASES['default']['ENGINE'])"
 
 
-def load_settings(tmp_path, **env: str) -> subprocess.CompletedProcess:
+def load_settings(tmp_path, check: str = CHECK, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")}
     clean.update({"DJANGO_SETTINGS_MODULE": "flowsite.settings", "FLOWSITE_DATA_DIR": str(tmp_path), **env})
-    return subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=clean, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=clean, capture_output=True, text=True)
 
 
 def test_with_nothing_set_it_runs_embedded_on_sqlite_with_a_generated_key(tmp_path):
@@ -55,4 +55,15 @@ def test_a_boolean_that_is_not_true_or_false_is_an_error(tmp_path):
 def test_a_limit_that_is_not_a_number_is_an_error(tmp_path):
     result = load_settings(tmp_path, FLOWSITE_MAX_FLOW_JOBS="lots")
 
+    assert result.returncode != 0
     assert "FLOWSITE_MAX_FLOW_JOBS must be an integer, got 'lots'" in result.stderr
+
+
+def test_a_token_lifetime_of_zero_hours_means_tokens_never_expire(tmp_path):
+    check = "import django; django.setup(); from knox.settings import knox_settings as k; print(k.TOKEN_TTL)"
+
+    never = load_settings(tmp_path, check=check, FLOWSITE_TOKEN_TTL_HOURS="0")
+    day = load_settings(tmp_path, check=check, FLOWSITE_TOKEN_TTL_HOURS="24")
+
+    assert (never.returncode, never.stdout.strip()) == (0, "None"), never.stderr
+    assert (day.returncode, day.stdout.strip()) == (0, "1 day, 0:00:00"), day.stderr
