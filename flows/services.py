@@ -10,13 +10,14 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from flows import engine
+from flows import planning
+from flows import status as flow_status
 from flows.exceptions import IdempotencyConflict
 from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
 from jobs.models import Job
-from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
+from jobs.dispatch import JobRef, enqueue_jobs, revoke_jobs
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
     IGNORED_FAILURE_POLICIES,
@@ -38,7 +39,7 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
     """
     flowname, root = parse_flow_spec(spec)
     flow_id = new_flow_id()
-    plan = engine.plan_flow(flow_id=flow_id, flowname=flowname, owner_id=owner.pk, root=root)
+    plan = planning.plan_flow(flow_id=flow_id, flowname=flowname, owner_id=owner.pk, root=root)
     with transaction.atomic():
         flow = Flow.objects.create(
             id=flow_id,
@@ -84,7 +85,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
 
 def flow_delete(*, flow: Flow) -> None:
     """Cancel the flow if it is still open, then delete it with all its jobs and logs."""
-    if engine.flow_is_open(flow.status):
+    if flow_status.flow_is_open(flow.status):
         try:
             flow_cancel(flow=flow)
         except InvalidTransition:
@@ -155,8 +156,8 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
         Job.objects.filter(pk__in=causes, status=JobStatus.FAILED).update(
             status=JobStatus.WAITING, attempts_made=0, **_RESET
         )
-        counts, ignored = engine.flow_job_counts(flow_id=flow.pk)
-        if engine.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
+        counts, ignored = flow_status.flow_job_counts(flow_id=flow.pk)
+        if flow_status.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
             Flow.objects.filter(pk=flow.pk).update(
                 status=FlowStatus.RUNNING, error="", result=None, completed_at=None, updated_at=timezone.now()
             )

@@ -252,7 +252,7 @@ else:
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A job still active when its message comes back after this long counts as a lost
-        # run (jobs.services.job_start): keep it longer than any job runs.
+        # run (jobs.transitions.job_start): keep it longer than any job runs.
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600, minimum=60),
         "queue_order_strategy": "priority",
         "priority_steps": list(range(10)),

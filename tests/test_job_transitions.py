@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from flows.services import flow_create
 from jobs.models import Job
-from jobs.services import job_complete, job_fail, job_start
+from jobs.transitions import job_complete, job_fail, job_start
 from jobs.vocabulary import JOB_TRANSITIONS, TERMINAL_JOB_STATUSES, FlowStatus, JobStatus, sources_of
 
 
@@ -128,7 +128,7 @@ def test_siblings_completing_concurrently_lose_no_decrement(user):
 
 @pytest.mark.django_db
 def test_children_sharing_a_name_collect_their_values_in_order(user):
-    from jobs.services import job_children_outcomes
+    from jobs.transitions import job_children_outcomes
 
     flow = flow_create(owner=user, spec=spec(5))
     for value, child in enumerate(Job.objects.filter(flow=flow, parent__isnull=False).order_by("position"), 1):
