@@ -10,7 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from flows import planning
+from flows import events, planning
 from flows import status as flow_status
 from flows.exceptions import IdempotencyConflict
 from flows.models import Flow, IdempotencyKey, new_flow_id
@@ -23,6 +23,7 @@ from jobs.vocabulary import (
     IGNORED_FAILURE_POLICIES,
     OPEN_FLOW_STATUSES,
     UNFINISHED_JOB_STATUSES,
+    FlowEvent,
     FlowStatus,
     JobStatus,
 )
@@ -53,6 +54,9 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
             total_jobs=len(plan.jobs),
         )
         Job.objects.bulk_create(plan.jobs, batch_size=BULK_BATCH_SIZE)
+        outbox = events.Outbox()
+        outbox.flow_created(flow)
+        outbox.close()
         refs = [JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts) for job in plan.leaves]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return flow
@@ -67,6 +71,12 @@ def flow_cancel(*, flow: Flow) -> Flow:
     """
     now = timezone.now()
     with transaction.atomic():
+        # Job rows before the flow row, as every transition locks them (no deadlock).
+        unfinished = Job.objects.filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
+        cancelled = list(unfinished.values_list("id", "name", "queue_name", "attempts_made"))
+        Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
+            status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
+        )
         changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
             status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
         )
@@ -75,9 +85,15 @@ def flow_cancel(*, flow: Flow) -> Flow:
             raise InvalidTransition(
                 f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
             )
-        unfinished = Job.objects.filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
-        job_ids = list(unfinished.values_list("id", flat=True))
-        unfinished.update(status=JobStatus.CANCELLED, error="Cancelled", finished_at=now)
+        outbox = events.Outbox()
+        for job_id, name, queue_name, attempts_made in cancelled:
+            outbox.job_updated(
+                flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
+                attempts_made=attempts_made, error="Cancelled",
+            )
+        outbox.flow_finished(flow.pk)
+        outbox.close()
+        job_ids = [row[0] for row in cancelled]
         transaction.on_commit(lambda: revoke_jobs(job_ids))
     flow.refresh_from_db()
     return flow
@@ -90,7 +106,11 @@ def flow_delete(*, flow: Flow) -> None:
             flow_cancel(flow=flow)
         except InvalidTransition:
             pass  # it finished meanwhile: nothing left to stop
-    Flow.objects.filter(pk=flow.pk).delete()  # jobs and logs cascade
+    with transaction.atomic():
+        outbox = events.Outbox()
+        outbox.add(flow.pk, FlowEvent.DELETED, {"flowId": flow.pk})
+        outbox.close()  # numbered before the row goes
+        Flow.objects.filter(pk=flow.pk).delete()  # jobs and logs cascade
 
 
 def flow_create_idempotent(*, owner: AbstractBaseUser, spec: Any, key: str) -> tuple[Flow, bool]:
@@ -136,7 +156,8 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
             row["id"]: row
             for row in Job.objects.select_for_update()
             .filter(flow_id=flow.pk)
-            .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts")
+            .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts", "name",
+                    "attempts_made")
         }
         causes = _retry_causes(rows, under=job_id)
         if not causes:
@@ -161,6 +182,15 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
             Flow.objects.filter(pk=flow.pk).update(
                 status=FlowStatus.RUNNING, error="", result=None, completed_at=None, updated_at=timezone.now()
             )
+        outbox = events.Outbox()
+        for job_id in sorted(reopen) + sorted(causes):
+            row = rows[job_id]
+            outbox.job_updated(
+                flow_id=flow.pk, job_id=job_id, name=row["name"], queue_name=row["queue_name"],
+                status=JobStatus.WAITING_CHILDREN if job_id in reopen else JobStatus.WAITING,
+                attempts_made=row["attempts_made"] if job_id in reopen else 0,
+            )
+        outbox.close()
         refs = [JobRef(id=i, queue_name=rows[i]["queue_name"], opts=rows[i]["opts"]) for i in causes]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     flow.refresh_from_db()

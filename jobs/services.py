@@ -14,13 +14,14 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from flows import events
 from flows import status as flow_status
 from flows.models import Flow
 from flows.planning import flow_metadata
 from jobs.dispatch import JobRef, enqueue_jobs, revoke_jobs
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, QueueState
-from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress
+from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress, settle_flow
 from jobs.validation import NUL_MESSAGE, contains_nul, validate_job_fields
 from jobs.vocabulary import UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
 
@@ -80,6 +81,12 @@ def job_submit(
         )
         if flow is not None:
             Flow.objects.filter(pk=flow.pk).update(total_jobs=F("total_jobs") + 1, updated_at=timezone.now())
+            outbox = events.Outbox()
+            outbox.job_updated(
+                flow_id=flow.pk, job_id=job.id, name=job.name, queue_name=job.queue_name, status=job.status,
+                attempts_made=0,
+            )
+            outbox.close()
         ref = JobRef(id=job.id, queue_name=job.queue_name, opts=opts)
         transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=options.delay_ms))
     return job
@@ -93,13 +100,8 @@ def jobs_requeue_interrupted() -> int:
     messages in the on-disk broker and are not enqueued twice.
     """
     with transaction.atomic():
-        interrupted = list(
-            Job.objects.filter(status=JobStatus.ACTIVE).values_list("id", "queue_name", "opts")
-        )
-        Job.objects.filter(pk__in=[row[0] for row in interrupted], status=JobStatus.ACTIVE).update(
-            status=JobStatus.WAITING
-        )
-        refs = [JobRef(id=i, queue_name=q, opts=o) for i, q, o in interrupted]
+        interrupted = _move_jobs(Job.objects.filter(status=JobStatus.ACTIVE), JobStatus.ACTIVE, JobStatus.WAITING)
+        refs = [JobRef(id=row["id"], queue_name=row["queue_name"], opts=row["opts"]) for row in interrupted]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return len(refs)
 
@@ -151,7 +153,8 @@ def queue_pause(*, name: str) -> int:
     """Pause a queue: its waiting jobs become ``paused`` and no job of it starts; return how many."""
     with transaction.atomic():
         QueueState.objects.update_or_create(name=name, defaults={"paused": True})
-        return Job.objects.filter(queue_name=name, status=JobStatus.WAITING).update(status=JobStatus.PAUSED)
+        waiting = Job.objects.filter(queue_name=name, status=JobStatus.WAITING)
+        return len(_move_jobs(waiting, JobStatus.WAITING, JobStatus.PAUSED))
 
 
 def queue_resume(*, name: str) -> int:
@@ -159,21 +162,26 @@ def queue_resume(*, name: str) -> int:
     with transaction.atomic():
         QueueState.objects.update_or_create(name=name, defaults={"paused": False})
         paused = Job.objects.filter(queue_name=name, status=JobStatus.PAUSED)
-        refs = [JobRef(id=i, queue_name=name, opts=o) for i, o in paused.values_list("id", "opts")]
-        Job.objects.filter(pk__in=[ref.id for ref in refs], status=JobStatus.PAUSED).update(
-            status=JobStatus.WAITING
-        )
+        resumed = _move_jobs(paused, JobStatus.PAUSED, JobStatus.WAITING)
+        refs = [JobRef(id=row["id"], queue_name=name, opts=row["opts"]) for row in resumed]
         transaction.on_commit(lambda: enqueue_jobs(refs, delay_ms=0))
     return len(refs)
 
 
 def job_cancel(*, job: Job) -> bool:
     """Cancel one unfinished job and revoke its message; False if it had already finished."""
-    changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
-        status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
-    )
-    if changed:
-        transaction.on_commit(lambda: revoke_jobs([job.pk]))
+    with transaction.atomic():
+        changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
+            status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
+        )
+        if changed:
+            outbox = events.Outbox()
+            outbox.job_updated(
+                flow_id=job.flow_id, job_id=job.pk, name=job.name, queue_name=job.queue_name,
+                status=JobStatus.CANCELLED, attempts_made=job.attempts_made, error="Cancelled",
+            )
+            outbox.close()
+            transaction.on_commit(lambda: revoke_jobs([job.pk]))
     return bool(changed)
 
 
@@ -193,7 +201,7 @@ def job_delete(*, job: Job) -> None:
         Job.objects.filter(pk=job.pk).delete()
         if job.flow_id:
             Flow.objects.filter(pk=job.flow_id).update(total_jobs=F("total_jobs") - 1, updated_at=timezone.now())
-            transaction.on_commit(lambda: flow_status.flow_settle(flow_id=job.flow_id))
+            transaction.on_commit(lambda: settle_flow(flow_id=job.flow_id))
 
 
 def job_retry_standalone(*, job: Job) -> Job:
@@ -211,3 +219,17 @@ def job_retry_standalone(*, job: Job) -> Job:
         transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=0))
     job.refresh_from_db()
     return job
+
+
+def _move_jobs(jobs, source: str, target: str) -> list[dict[str, Any]]:
+    """Move these jobs ``source -> target`` (inside a transaction), with their events; return their rows."""
+    rows = list(jobs.values("id", "flow_id", "name", "queue_name", "attempts_made", "opts"))
+    Job.objects.filter(pk__in=[row["id"] for row in rows], status=source).update(status=target)
+    outbox = events.Outbox()
+    for row in rows:
+        outbox.job_updated(
+            flow_id=row["flow_id"], job_id=row["id"], name=row["name"], queue_name=row["queue_name"],
+            status=target, attempts_made=row["attempts_made"],
+        )
+    outbox.close()
+    return rows

@@ -22,7 +22,9 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from flows import events
 from flows import status as flow_status
+from flows.models import Flow
 from flowsite.db import load_json, prepared_cursor
 from jobs.dispatch import JobRef, enqueue_jobs
 from jobs.exceptions import JobLostError
@@ -33,10 +35,12 @@ from jobs.vocabulary import (
     IGNORED_FAILURE_POLICIES,
     STARTABLE_JOB_STATUSES,
     FailurePolicy,
+    FlowEvent,
     JobStatus,
 )
 
 JOB_TABLE = Job._meta.db_table
+FLOW_TABLE = Flow._meta.db_table
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,21 @@ _QUEUE_PAUSED_SQL = (
 
 def _park_if_paused(job_id: str) -> bool:
     """Move a due job of a paused queue ``waiting|delayed -> paused``; True if it was parked."""
-    with prepared_cursor() as cursor:
-        cursor.execute(
+    with transaction.atomic():
+        row = _fetch_one(
             f"UPDATE {JOB_TABLE} SET status = %s WHERE id = %s AND status IN ({_STARTABLE_SQL}) "
-            f"AND {_QUEUE_PAUSED_SQL}",
+            f"AND {_QUEUE_PAUSED_SQL} RETURNING flow_id, name, queue_name, attempts_made",
             [JobStatus.PAUSED, job_id, *_STARTABLE],
         )
-        return cursor.rowcount == 1
+        if row is None:
+            return False
+        outbox = events.Outbox()
+        outbox.job_updated(
+            flow_id=row[0], job_id=job_id, name=row[1], queue_name=row[2], status=JobStatus.PAUSED,
+            attempts_made=row[3],
+        )
+        outbox.close()
+    return True
 
 
 def _is_startable(job_id: str) -> bool:
@@ -114,13 +126,23 @@ def _is_startable(job_id: str) -> bool:
 _RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
 _IS_RELAXED = "EXISTS (SELECT 1 FROM relaxed)"
 
-_START_SQL = (
+_START_COLUMNS = "name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
+_START_UPDATE = (
     f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
     f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} {{relaxed}}"
-    "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
+    f"RETURNING {_START_COLUMNS}"
 )
-_START_SYNC_SQL = _START_SQL.format(relaxed="")
-_START_RELAXED_SQL = f"WITH {_RELAXED} " + _START_SQL.format(relaxed=f"AND {_IS_RELAXED} ")
+# Elsewhere than PostgreSQL: the start alone; its event number is taken in the same transaction.
+_START_PLAIN_SQL = _START_UPDATE.format(relaxed="")
+# PostgreSQL: the start and its event number (``flows.events``) in one statement.
+_START_SQL = (
+    "WITH {with_relaxed}started AS (" + _START_UPDATE + "), "
+    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
+    "WHERE id = (SELECT flow_id FROM started) RETURNING event_seq, owner_id) "
+    f"SELECT {_START_COLUMNS}, seq.event_seq, seq.owner_id FROM started LEFT JOIN seq ON true"
+)
+_START_SYNC_SQL = _START_SQL.format(with_relaxed="", relaxed="")
+_START_RELAXED_SQL = _START_SQL.format(with_relaxed=f"{_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
 
 # Complete a job and count it off its parent, in one statement.
 _COMPLETE_SQL = (
@@ -129,9 +151,12 @@ _COMPLETE_SQL = (
     f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
     "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
     "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
-    "RETURNING status, queue_name, opts) "
+    "RETURNING status, queue_name, opts), "
+    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
+    "WHERE id = %s AND EXISTS (SELECT 1 FROM done) RETURNING event_seq, owner_id) "
     "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
-    "(SELECT queue_name FROM parent), (SELECT opts FROM parent)"
+    "(SELECT queue_name FROM parent), (SELECT opts FROM parent), "
+    "(SELECT event_seq FROM seq), (SELECT owner_id FROM seq)"
 )
 _COMPLETE_SYNC_SQL = _COMPLETE_SQL.format(with_relaxed="WITH ", relaxed="")
 _COMPLETE_RELAXED_SQL = _COMPLETE_SQL.format(with_relaxed=f"WITH {_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
@@ -163,12 +188,8 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
     any failure: retried after its backoff while attempts remain, else failed for
     good. This relies on the broker's visibility timeout being longer than any job runs.
     """
-    sql = _START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL
     for _ in range(3):
-        row = _fetch_one(
-            sql,
-            [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE],
-        )
+        row = _start_row(job_id)
         if row is not None:
             break
         if _park_if_paused(job_id):
@@ -193,8 +214,36 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
         failure_policy=row[8],
     )
     if job.flow_id:
+        _send(_job_event(job, JobStatus.ACTIVE, seq=row[9], owner_id=row[10]))
         flow_status.flow_mark_running(flow_id=job.flow_id)
     return job
+
+
+def _start_row(job_id: str) -> tuple | None:
+    """The start statement; the row it returns ends with the event number and the flow's owner."""
+    params = [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE]
+    if connection.vendor == "postgresql":
+        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, params)
+    with transaction.atomic():
+        row = _fetch_one(_START_PLAIN_SQL, params)
+        if row is None or row[4] is None:
+            return row and (*row, None, None)
+        seq, owner_id = events.take_seqs({row[4]: 1})[row[4]]
+        return (*row, seq, owner_id)
+
+
+def _job_event(job: StartedJob, status: str, *, seq: int, owner_id: int, **outcome: Any) -> events.Event:
+    data = events.job_updated_data(
+        flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name, status=status,
+        attempts_made=job.attempts_made, **outcome,
+    )
+    data["seq"] = seq
+    return events.Event(name=FlowEvent.JOB_UPDATED, data=data, flow_id=job.flow_id, owner_id=owner_id)
+
+
+def _send(*built: events.Event) -> None:
+    """Publish events after the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: events.publish(built))
 
 
 def _fail_lost_run(job_id: str) -> bool:
@@ -287,7 +336,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
             [
                 JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
-                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN,
+                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, job.flow_id,
             ],
         )
         if relax:
@@ -296,6 +345,9 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             return False
         if row[1] == JobStatus.WAITING:
             ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
+        if row[4] is not None:
+            # Before the parent is published: a flow's events follow its causes.
+            _send(_job_event(job, JobStatus.COMPLETED, seq=row[4], owner_id=row[5], result=result))
     else:
         with transaction.atomic():
             with prepared_cursor() as cursor:
@@ -308,11 +360,26 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
                     return False
             if job.parent_id:
                 ready = _release_parent(job.parent_id)
+            if job.flow_id:
+                seq, owner_id = events.take_seqs({job.flow_id: 1}).get(job.flow_id, (None, None))
+                if seq is not None:
+                    _send(_job_event(job, JobStatus.COMPLETED, seq=seq, owner_id=owner_id, result=result))
     if ready is not None:
         transaction.on_commit(lambda: enqueue_jobs([ready]))
     elif job.parent_id is None and job.flow_id:
-        flow_status.flow_settle(flow_id=job.flow_id)
+        settle_flow(flow_id=job.flow_id)
     return True
+
+
+def settle_flow(*, flow_id: str) -> str | None:
+    """``flows.status.flow_settle``, with its ``flow:completed``/``flow:failed`` event."""
+    with transaction.atomic():
+        status = flow_status.flow_settle(flow_id=flow_id)
+        if status is not None:
+            outbox = events.Outbox()
+            outbox.flow_finished(flow_id)
+            outbox.close()
+    return status
 
 
 def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None) -> bool:
@@ -330,20 +397,32 @@ def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None)
         "stacktrace": "".join(traceback.format_exception(exc))[-20_000:],
     }
     active = Job.objects.filter(pk=job.id, status=JobStatus.ACTIVE)
-    if retry_delay_ms is not None:
-        if not active.update(status=JobStatus.DELAYED, **fields):
-            return False
-        ref = JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts)
-        transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=retry_delay_ms))
-        return True
+    outbox = events.Outbox()
     with transaction.atomic():
+        if retry_delay_ms is not None:
+            if not active.update(status=JobStatus.DELAYED, **fields):
+                return False
+            _add_job_event(outbox, job, JobStatus.DELAYED, error=message)
+            outbox.close()
+            ref = JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts)
+            transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=retry_delay_ms))
+            return True
         if not active.update(status=JobStatus.FAILED, finished_at=timezone.now(), **fields):
             return False
-        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}")
+        _add_job_event(outbox, job, JobStatus.FAILED, error=message)
+        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}", outbox=outbox)
+        outbox.close()
     return True
 
 
-def _propagate_failure(*, job: StartedJob, error: str) -> None:
+def _add_job_event(outbox: events.Outbox, job: StartedJob, status: str, **outcome: Any) -> None:
+    outbox.job_updated(
+        flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name, status=status,
+        attempts_made=job.attempts_made, **outcome,
+    )
+
+
+def _propagate_failure(*, job: StartedJob, error: str, outbox: events.Outbox) -> None:
     """Apply a final failure to the ancestors, walking up while parents fail too.
 
     - ``fail-parent`` (default): the parent fails without running, and so on up;
@@ -361,25 +440,35 @@ def _propagate_failure(*, job: StartedJob, error: str) -> None:
             return
         if policy != FailurePolicy.FAIL_PARENT:
             break
+        parent_error = f"Child job {child_name} ({child_id}) failed: {error}"
         row = _fetch_one(
             f"UPDATE {JOB_TABLE} SET status = %s, error = %s, error_type = %s, finished_at = %s "
-            "WHERE id = %s AND status = %s RETURNING id, name, parent_id, failure_policy",
-            [
-                JobStatus.FAILED, f"Child job {child_name} ({child_id}) failed: {error}", CHILD_FAILED_ERROR,
-                now, parent_id, JobStatus.WAITING_CHILDREN,
-            ],
+            "WHERE id = %s AND status = %s RETURNING id, name, parent_id, failure_policy, queue_name, attempts_made",
+            [JobStatus.FAILED, parent_error, CHILD_FAILED_ERROR, now, parent_id, JobStatus.WAITING_CHILDREN],
         )
         if row is None:
             break
-        child_id, child_name, parent_id, policy = row
+        outbox.job_updated(
+            flow_id=job.flow_id, job_id=row[0], name=row[1], queue_name=row[4], status=JobStatus.FAILED,
+            attempts_made=row[5], error=parent_error,
+        )
+        child_id, child_name, parent_id, policy = row[:4]
     if job.flow_id:
-        flow_status.flow_fail(flow_id=job.flow_id, error=f"Job {job.name} ({job.id}) failed: {error}")
+        if flow_status.flow_fail(flow_id=job.flow_id, error=f"Job {job.name} ({job.id}) failed: {error}"):
+            outbox.flow_finished(job.flow_id)
 
 
 def job_update_progress(*, job_id: str, progress: Any) -> bool:
-    """Set an active job's progress (a number or a JSON object)."""
+    """Set an active job's progress (a number or a JSON object), with its ``flow:job:progress`` event."""
     json.dumps(progress)
-    return bool(Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).update(progress=progress))
+    with transaction.atomic():
+        changed = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).update(progress=progress)
+        if changed:
+            flow_id = Job.objects.filter(pk=job_id).values_list("flow_id", flat=True).first()
+            outbox = events.Outbox()
+            outbox.add(flow_id, FlowEvent.JOB_PROGRESS, {"flowId": flow_id, "jobId": job_id, "progress": progress})
+            outbox.close()
+    return bool(changed)
 
 
 def job_log(*, job_id: str, message: str) -> None:

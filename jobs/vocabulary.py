@@ -63,6 +63,7 @@ class FlowEvent(models.TextChoices):
 
     CREATED = "flow:created"
     UPDATED = "flow:updated"
+    PROGRESS = "flow:progress"
     COMPLETED = "flow:completed"
     FAILED = "flow:failed"
     CANCELLED = "flow:cancelled"

@@ -98,7 +98,7 @@ def test_the_per_job_statements_are_prepared_once_per_connection(user):
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s OR statement LIKE %s",
-            ["UPDATE jobs_job SET status = $1, attempts_made%", "WITH done AS (UPDATE jobs_job%"],
+            ["WITH started AS (UPDATE jobs_job%", "WITH done AS (UPDATE jobs_job%"],
         )
         prepared = [row[0] for row in cursor.fetchall()]
     # One start and one completion statement, each planned once and reused for all three jobs.
