@@ -276,19 +276,26 @@ def flow_final_data(*, flow_id: str, status: str, result: Any, error: str, at: A
 # ------------------------------------------------------------------------------
 
 
+def enabled() -> bool:
+    """Whether live events are on (``FLOWSITE_EVENTS``); off, the engine neither numbers nor sends any."""
+    return settings.FLOWSITE_EVENTS
+
+
 def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Reserve ``n`` event numbers for each flow; return ``{flow_id: (last seq, owner id)}``.
 
     Must run inside the transaction of the change the events report: the flow
     row stays locked until it commits, so numbers follow commit order. Flows are
     locked in id order (no deadlock between two callers). Flows that no longer
-    exist are left out.
+    exist are left out, and every flow when events are off.
     """
     from django.db.models import F
 
     from flows.models import Flow
 
     taken: dict[str, tuple[int, int]] = {}
+    if not enabled():
+        return taken
     for flow_id in sorted(counts):
         if Flow.objects.filter(pk=flow_id).update(event_seq=F("event_seq") + counts[flow_id]):
             seq, owner_id = Flow.objects.filter(pk=flow_id).values_list("event_seq", "owner_id").get()
@@ -312,7 +319,7 @@ class Outbox:
         self._items: list[tuple[str, FlowEvent, dict[str, Any], bool]] = []
 
     def add(self, flow_id: str | None, name: FlowEvent, data: dict[str, Any], *, broadcast: bool = True) -> None:
-        if flow_id:
+        if flow_id and enabled():
             self._items.append((flow_id, name, data, broadcast))
 
     def job_updated(self, **fields: Any) -> None:
@@ -322,6 +329,8 @@ class Outbox:
         """Add ``flow:created``: the flow as its REST detail shows it, read in this transaction."""
         from flows import selectors
 
+        if not enabled():
+            return
         body = {**selectors.flow_payload_of(flow), "jobStructure": flow.job_structure}
         body["jobs"] = json.loads(selectors.flow_job_states_json(flow=flow))
         self.add(flow.pk, FlowEvent.CREATED, body)

@@ -134,11 +134,12 @@ _START_UPDATE = (
 )
 # Elsewhere than PostgreSQL: the start alone; its event number is taken in the same transaction.
 _START_PLAIN_SQL = _START_UPDATE.format(relaxed="")
-# PostgreSQL: the start and its event number (``flows.events``) in one statement.
+# PostgreSQL: the start and its event number (``flows.events``) in one statement. The
+# number is taken only with live events on (the first parameter, ``FLOWSITE_EVENTS``).
 _START_SQL = (
     "WITH {with_relaxed}started AS (" + _START_UPDATE + "), "
     f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
-    "WHERE id = (SELECT flow_id FROM started) RETURNING event_seq, owner_id) "
+    "WHERE %s AND id = (SELECT flow_id FROM started) RETURNING event_seq, owner_id) "
     f"SELECT {_START_COLUMNS}, seq.event_seq, seq.owner_id FROM started LEFT JOIN seq ON true"
 )
 _START_SYNC_SQL = _START_SQL.format(with_relaxed="", relaxed="")
@@ -153,7 +154,7 @@ _COMPLETE_SQL = (
     "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
     "RETURNING status, queue_name, opts), "
     f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
-    "WHERE id = %s AND EXISTS (SELECT 1 FROM done) RETURNING event_seq, owner_id) "
+    "WHERE %s AND id = %s AND EXISTS (SELECT 1 FROM done) RETURNING event_seq, owner_id) "
     "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
     "(SELECT queue_name FROM parent), (SELECT opts FROM parent), "
     "(SELECT event_seq FROM seq), (SELECT owner_id FROM seq)"
@@ -213,7 +214,7 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
         child_count=row[7],
         failure_policy=row[8],
     )
-    if job.flow_id:
+    if row[9] is not None:
         _send(_job_event(job, JobStatus.ACTIVE, seq=row[9], owner_id=row[10]))
         flow_status.flow_mark_running(flow_id=job.flow_id)
     return job
@@ -223,12 +224,12 @@ def _start_row(job_id: str) -> tuple | None:
     """The start statement; the row it returns ends with the event number and the flow's owner."""
     params = [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE]
     if connection.vendor == "postgresql":
-        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, params)
+        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.enabled()])
     with transaction.atomic():
         row = _fetch_one(_START_PLAIN_SQL, params)
         if row is None or row[4] is None:
             return row and (*row, None, None)
-        seq, owner_id = events.take_seqs({row[4]: 1})[row[4]]
+        seq, owner_id = events.take_seqs({row[4]: 1}).get(row[4], (None, None))
         return (*row, seq, owner_id)
 
 
@@ -336,7 +337,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
             [
                 JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
-                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, job.flow_id,
+                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, events.enabled(), job.flow_id,
             ],
         )
         if relax:

@@ -222,3 +222,26 @@ def test_progress_is_counted_only_for_flows_somebody_listens_to(user, other_user
         listener = listen(group)
         assert events._listened({flow.pk}) == {flow.pk}, group
         listener.close()
+
+
+def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, monkeypatch):
+    from flows import services
+    from jobs.transitions import job_complete, job_start
+
+    settings.FLOWSITE_EVENTS = False
+    owner = listen(events.user_group(user.pk))
+    # The job runs here, in this process, where events are off (the workers have them
+    # on): its message is not published.
+    monkeypatch.setattr(services, "enqueue_jobs", lambda refs: None)
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": 1})]),
+                                                 flowname="quiet"))
+    child = flow.jobs.get(parent__isnull=False)
+    started = job_start(job_id=child.pk)
+    assert started is not None and job_complete(job=started, result=1)
+    flow.refresh_from_db()
+    assert flow.event_seq == 0
+    settings.FLOWSITE_EVENTS = True
+    flow_cancel(flow=flow)  # events on again: this is the first numbered event
+    ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.CANCELLED))
+    assert ordered[0]["data"]["seq"] == 1
+    assert not any(m["event"] == FlowEvent.CREATED for m in ordered)
