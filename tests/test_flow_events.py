@@ -226,6 +226,7 @@ def test_progress_is_counted_only_for_flows_somebody_listens_to(user, other_user
 
 def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, monkeypatch):
     from flows import services
+    from jobs import transitions
     from jobs.transitions import job_complete, job_start
 
     settings.FLOWSITE_EVENTS = False
@@ -233,6 +234,7 @@ def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, mon
     # The job runs here, in this process, where events are off (the workers have them
     # on): its message is not published.
     monkeypatch.setattr(services, "enqueue_jobs", lambda refs: None)
+    monkeypatch.setattr(transitions, "enqueue_jobs", lambda refs: None)
     flow = flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": 1})]),
                                                  flowname="quiet"))
     child = flow.jobs.get(parent__isnull=False)
