@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import subprocess
 import sys
 import time
 import types
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +36,10 @@ except ModuleNotFoundError as missing:
     sys.modules["channels.testing"] = _package
     from channels.testing.websocket import WebsocketCommunicator
 
-__all__ = ["WebsocketCommunicator", "publish", "until_subscribed", "wait_subscribed"]
+__all__ = ["WebsocketCommunicator", "LiveServer", "publish", "run_server", "until_subscribed", "wait_subscribed"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_START_TIMEOUT = 60.0
 
 
 def publish(flow, seq: int, name: FlowEvent = FlowEvent.UPDATED, *, broadcast: bool = True, **data) -> None:
@@ -67,3 +75,61 @@ async def until_subscribed(*groups: str, timeout: float = SUBSCRIBE_TIMEOUT) -> 
         if time.monotonic() > deadline:
             pytest.fail(f"Nobody subscribed to {missing} within {timeout}s")
         await asyncio.sleep(0.02)
+
+
+# A REAL SERVER
+# ------------------------------------------------------------------------------
+
+
+class LiveServer:
+    """A running ``manage.py up``: its address and its log (stdout and stderr)."""
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def run_server(env: dict[str, str], directory: Path) -> Iterator[LiveServer]:
+    """Start ``manage.py up --no-worker`` (one web process) at a free port; stop it afterwards."""
+    server = LiveServer(free_port(), directory / "server.log")
+    env = {**env, "FLOWSITE_DATA_DIR": str(directory)}
+    with open(server.log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "up", "--no-worker", "--workers", "1", "--port", str(server.port),
+             "--admin-user", "live-server-admin"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + SERVER_START_TIMEOUT
+            while not _healthy(server.url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"The server did not start:\n{server.log()}")
+                time.sleep(0.1)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

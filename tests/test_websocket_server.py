@@ -1,0 +1,67 @@
+"""Native websockets end to end: the ``websockets`` client against ``manage.py up``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from accounts.services import api_token_create
+from flows import events
+from flows.consumers import CloseCode
+from flows.models import Flow
+from jobs.vocabulary import ClientEvent, FlowEvent
+from tests.live import publish, wait_subscribed
+
+ORIGIN = "http://localhost:3000"
+RECEIVE_TIMEOUT = 5.0
+
+
+@pytest.fixture
+def alice(transactional_db, user):
+    user.token = api_token_create(user=user)[1]
+    return user
+
+
+@pytest.fixture
+def flow(alice):
+    return Flow.objects.create(owner=alice, flowname="e2e-flow", name="test-sum", queue_name="default")
+
+
+def receive(ws) -> dict:
+    return json.loads(ws.recv(timeout=RECEIVE_TIMEOUT))
+
+
+def test_a_browser_style_client_authenticates_by_subprotocol_and_hears_its_flow(live_asgi_server, alice, flow):
+    with connect(f"{live_asgi_server.ws_url}/ws/flows/", origin=ORIGIN, subprotocols=["flowsite", alice.token]) as ws:
+        assert ws.subprotocol == "flowsite"
+        wait_subscribed(events.user_group(alice.pk))
+        publish(flow, 1, FlowEvent.UPDATED, status="running")
+        assert receive(ws) == {"event": FlowEvent.UPDATED, "data": {"flowId": flow.pk, "seq": 1, "status": "running"}}
+
+        ws.send(json.dumps({"action": "subscribe", "flowId": flow.pk}))
+        assert receive(ws) == {"event": ClientEvent.SUBSCRIBED, "data": {"flowId": flow.pk, "seq": 0}}
+        wait_subscribed(events.flow_group(flow.pk))
+        publish(flow, 2, FlowEvent.JOB_PROGRESS, broadcast=False, progress=10)
+        assert receive(ws)["data"] == {"flowId": flow.pk, "seq": 2, "progress": 10}
+
+        ws.send(json.dumps({"action": "snapshot", "flowId": flow.pk}))
+        snapshot = receive(ws)
+        assert snapshot["event"] == ClientEvent.SNAPSHOT
+        assert snapshot["data"]["flowId"] == flow.pk
+
+
+def test_a_query_token_works_and_stays_out_of_the_server_log(live_asgi_server, alice, flow):
+    with connect(f"{live_asgi_server.ws_url}/ws/flows/{flow.pk}/?token={alice.token}", origin=ORIGIN) as ws:
+        ws.send(json.dumps({"action": "ping"}))
+        assert receive(ws) == {"event": ClientEvent.PONG, "data": {}}
+    assert alice.token not in live_asgi_server.log()
+
+
+def test_an_anonymous_client_sees_close_code_4401(live_asgi_server, transactional_db):
+    with connect(f"{live_asgi_server.ws_url}/ws/flows/", origin=ORIGIN) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=RECEIVE_TIMEOUT)
+    assert closed.value.rcvd.code == CloseCode.UNAUTHORIZED
