@@ -84,8 +84,9 @@ async def until_subscribed(*groups: str, timeout: float = SUBSCRIBE_TIMEOUT) -> 
 class LiveServer:
     """A running ``manage.py up``: its address and its log (stdout and stderr)."""
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, env: dict[str, str]) -> None:
         self.port = port
+        self.env = env  # the server's environment, for manage.py commands on its data
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
         self.log_path = log_path
@@ -111,8 +112,8 @@ def _healthy(url: str) -> bool:
 @contextlib.contextmanager
 def run_server(env: dict[str, str], directory: Path) -> Iterator[LiveServer]:
     """Start ``manage.py up --no-worker`` (one web process) at a free port; stop it afterwards."""
-    server = LiveServer(free_port(), directory / "server.log")
     env = {**env, "FLOWSITE_DATA_DIR": str(directory)}
+    server = LiveServer(free_port(), directory / "server.log", env)
     with open(server.log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, "manage.py", "up", "--no-worker", "--workers", "1", "--port", str(server.port),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -13,7 +15,8 @@ from flows import events
 from flows.consumers import CloseCode
 from flows.models import Flow
 from jobs.vocabulary import ClientEvent, FlowEvent
-from tests.live import publish, wait_subscribed
+from tests.conftest import manage
+from tests.live import publish, run_server, wait_subscribed
 
 ORIGIN = "http://localhost:3000"
 RECEIVE_TIMEOUT = 5.0
@@ -65,3 +68,32 @@ def test_an_anonymous_client_sees_close_code_4401(live_asgi_server, transactiona
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=RECEIVE_TIMEOUT)
     assert closed.value.rcvd.code == CloseCode.UNAUTHORIZED
+
+
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory):
+    """``manage.py up`` in embedded mode (SQLite, in-memory channel layer), without its worker."""
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    with run_server(env, tmp_path_factory.mktemp("embedded-live")) as server:
+        yield server
+
+
+def test_embedded_mode_serves_websockets_on_its_in_memory_layer(embedded_server):
+    token = manage("create_api_token", "live-server-admin", env=embedded_server.env).stdout.strip()
+    with open("examples/video-flow.json", "rb") as spec:
+        request = urllib.request.Request(
+            f"{embedded_server.url}/api/flows", data=spec.read(), method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+    with urllib.request.urlopen(request, timeout=RECEIVE_TIMEOUT) as response:
+        flow_id = json.load(response)["flowId"]
+
+    with connect(f"{embedded_server.ws_url}/ws/flows/", origin=ORIGIN, subprotocols=["flowsite", token]) as ws:
+        ws.send(json.dumps({"action": "subscribe", "flowId": flow_id}))
+        subscribed = receive(ws)
+        assert subscribed["event"] == ClientEvent.SUBSCRIBED and subscribed["data"]["flowId"] == flow_id
+        ws.send(json.dumps({"action": "snapshot", "flowId": flow_id}))
+        snapshot = receive(ws)["data"]
+        assert snapshot["flowId"] == flow_id
+        assert snapshot["seq"] == subscribed["data"]["seq"]
+        assert len(snapshot["jobs"]) == 3
