@@ -43,6 +43,8 @@ HOLD_SECONDS = 0.3
 MAX_TRACKED_FLOWS = 1000
 # Flow ids become channel-layer group names (``^[a-zA-Z0-9\-_.]+$``, under 100 characters).
 FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Events of one seq remembered to recognise copies (many progress events may share a seq).
+COPIES_KEPT = 16
 # Sequence number of a flow's first event: a connection that has not heard of the
 # flow before may deliver it at once.
 FIRST_SEQ = 1
@@ -52,25 +54,37 @@ FIRST_SEQ = 1
 # ------------------------------------------------------------------------------
 
 
+def _same(one: Message, other: Message) -> bool:
+    """The same event: one message heard through two groups arrives as two equal copies."""
+    return one.get("event") == other.get("event") and one.get("data") == other.get("data")
+
+
 @dataclass
 class _FlowOrder:
     last: int | None = None  # seq of the last event delivered
-    names_at_last: set[str] = field(default_factory=set)  # events delivered with that seq
+    at_last: list[Message] = field(default_factory=list)  # the events delivered with that seq
     all_at_last: bool = False  # every event of that seq is old (a baseline from ``expect``)
-    held: dict[tuple[int, str], tuple[float, Message]] = field(default_factory=dict)
+    held: list[tuple[int, float, Message]] = field(default_factory=list)  # (seq, arrived, message)
 
-    def is_old(self, seq: int, name: str) -> bool:
-        if self.last is None:
+    def is_old(self, seq: int, message: Message) -> bool:
+        if self.last is None or seq > self.last:
             return False
-        return seq < self.last or (seq == self.last and (self.all_at_last or name in self.names_at_last))
+        if seq < self.last or self.all_at_last:
+            return True
+        return any(_same(message, delivered) for delivered in self.at_last)
+
+    def is_held(self, seq: int, message: Message) -> bool:
+        return any(held_seq == seq and _same(message, held) for held_seq, _, held in self.held)
 
     def is_next(self, seq: int) -> bool:
         return seq <= (FIRST_SEQ if self.last is None else self.last + 1)
 
-    def mark(self, seq: int, name: str) -> None:
+    def mark(self, seq: int, message: Message) -> None:
         if seq != self.last:
-            self.last, self.names_at_last, self.all_at_last = seq, set(), False
-        self.names_at_last.add(name)
+            self.last, self.at_last, self.all_at_last = seq, [], False
+        self.at_last.append(message)
+        # A second copy arrives right after the first: the recent ones are enough.
+        del self.at_last[:-COPIES_KEPT]
 
 
 class FlowEventOrder:
@@ -79,14 +93,15 @@ class FlowEventOrder:
     An event is the channel-layer message of ``flows.events`` (``{"type", "event",
     "data": {"flowId", "seq", ...}}``). Within one flow:
 
-    - an event whose (seq, event) was delivered already, or whose seq is below the
-      last one delivered, is dropped (a duplicate, or late after its gap was given up);
-    - the next seq (or the same seq with another event name) is delivered at once,
-      followed by the held events it unblocks;
+    - a copy of an event delivered or held already (heard through a second group),
+      or an event whose seq is below the last one delivered, is dropped (late after
+      its gap was given up);
+    - the next seq is delivered at once, and so is another event with the last
+      delivered seq; then the held events they unblock;
     - a later seq is held until the gap fills, at most ``hold`` seconds after it
       arrived; then the held events go out in order, gap and all.
 
-    A flow the connection has not heard of yet starts at seq 1, or at the baseline
+    A flow the connection has not heard of yet starts at seq 1, or after the baseline
     given by ``expect`` (the flow's seq when the connection subscribed). Events
     without an integer ``seq`` are delivered as they come.
     """
@@ -98,7 +113,7 @@ class FlowEventOrder:
         self._holding: set[str] = set()  # flows with held events
 
     def expect(self, flow_id: str, seq: int) -> None:
-        """Start a flow not heard of yet after ``seq``: earlier events are old news."""
+        """Start a flow not heard of yet after ``seq``: events up to it are old news."""
         state = self._flows.get(flow_id)
         if state is None or (state.last is None and not state.held):
             self._flows[flow_id] = _FlowOrder(last=seq, all_at_last=True)
@@ -111,16 +126,15 @@ class FlowEventOrder:
         seq = data.get("seq") if isinstance(data, dict) else None
         if not isinstance(flow_id, str) or not isinstance(seq, int) or isinstance(seq, bool):
             return [message]
-        name = str(message.get("event"))
         ready: list[Message] = []
         state = self._state(flow_id, ready)
-        if state.is_old(seq, name) or (seq, name) in state.held:
+        if state.is_old(seq, message) or state.is_held(seq, message):
             return ready
         if not state.is_next(seq):
-            state.held[(seq, name)] = (now, message)
+            state.held.append((seq, now, message))
             self._holding.add(flow_id)
             return ready
-        state.mark(seq, name)
+        state.mark(seq, message)
         ready.append(message)
         ready.extend(self._release(flow_id, state, force=False))
         return ready
@@ -138,7 +152,7 @@ class FlowEventOrder:
         return min(map(self._deadline_of, self._holding), default=None)
 
     def _deadline_of(self, flow_id: str) -> float:
-        return min(arrived for arrived, _ in self._flows[flow_id].held.values()) + self.hold
+        return min(arrived for _, arrived, _ in self._flows[flow_id].held) + self.hold
 
     def _state(self, flow_id: str, ready: list[Message]) -> _FlowOrder:
         state = self._flows.get(flow_id)
@@ -153,13 +167,12 @@ class FlowEventOrder:
 
     def _release(self, flow_id: str, state: _FlowOrder, *, force: bool) -> list[Message]:
         """Deliver held events in order: those that became next, or (``force``) all of them."""
+        state.held.sort(key=lambda held: held[:2])
         released = []
-        for seq, name in sorted(state.held, key=lambda key: (key[0], state.held[key][0])):
-            if not force and not state.is_next(seq):
-                break
-            _, message = state.held.pop((seq, name))
-            if not state.is_old(seq, name):
-                state.mark(seq, name)
+        while state.held and (force or state.is_next(state.held[0][0])):
+            seq, _, message = state.held.pop(0)
+            if not state.is_old(seq, message):
+                state.mark(seq, message)
                 released.append(message)
         if not state.held:
             self._holding.discard(flow_id)

@@ -144,3 +144,14 @@ async def test_event_stream_releases_a_held_event_when_the_hold_is_over():
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+def test_repeated_events_with_one_seq_but_new_data_all_go_out():
+    # Subscriber-only progress events may carry the seq of the change they follow.
+    order = FlowEventOrder()
+    order.push(message(1), 0.0)
+    first, second = message(1, name=FlowEvent.JOB_PROGRESS), message(1, name=FlowEvent.JOB_PROGRESS)
+    first["data"]["percentage"], second["data"]["percentage"] = 10, 20
+    assert order.push(first, 0.0) == [first]
+    assert order.push(second, 0.0) == [second]
+    assert order.push(dict(second), 0.0) == []  # the same message through a second group
