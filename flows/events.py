@@ -461,7 +461,12 @@ def publish_now(events: list[Event]) -> None:
 
 
 def flow_progress_events(flow_ids: set[str]) -> list[Event]:
-    """Number and build ``flow:updated`` and ``flow:progress`` for these flows (one transaction)."""
+    """Number and build ``flow:updated`` and ``flow:progress`` for these flows (one transaction).
+
+    The two are one change told twice (the second only to the flow's own
+    subscribers), so they share one number: a ``/ws/flows/`` client, which does not
+    receive ``flow:progress``, sees no gap.
+    """
     from django.db.models import Count
 
     from flows.models import Flow
@@ -476,7 +481,7 @@ def flow_progress_events(flow_ids: set[str]) -> list[Event]:
             return []
         from django.db.models import F
 
-        Flow.objects.filter(pk__in=ids).update(event_seq=F("event_seq") + 2)
+        Flow.objects.filter(pk__in=ids).update(event_seq=F("event_seq") + 1)
         rows = Flow.objects.filter(pk__in=ids).values_list("pk", "event_seq", "status", "updated_at", "owner_id")
         counts: dict[str, dict[str, int]] = {flow_id: {} for flow_id in ids}
         for flow_id, status, n in (
@@ -487,7 +492,7 @@ def flow_progress_events(flow_ids: set[str]) -> list[Event]:
         for flow_id, seq, status, updated_at, owner_id in rows:
             progress = progress_from_counts(counts[flow_id])
             updated = _flow_updated_data(flow_id, status, progress, updated_at)
-            updated["seq"] = seq - 1
+            updated["seq"] = seq
             built.append(Event(name=FlowEvent.UPDATED, data=updated, flow_id=flow_id, owner_id=owner_id))
             progressed = _flow_progress_data(flow_id, status, progress)
             progressed["seq"] = seq
