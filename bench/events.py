@@ -60,6 +60,9 @@ import bench.flows as bf  # noqa: E402  (after the sys.path fix)
 bf.REDIS_URL = "redis://127.0.0.1:6379/12"
 bf.DB_NAME = "flowsite_bench_events"
 log = bf.log
+# The paced stream of the latency part.
+PACED_FLOWS_PER_S = 4
+PACED_SECONDS = 10
 
 
 # Server and clients -------------------------------------------------------------------
@@ -143,6 +146,17 @@ class Clients:
                 inbox.append((time.time(), json.loads(text)))
         except Exception:
             pass
+
+    def quiet(self, *, idle: float = 1.0, timeout: float = 120.0) -> None:
+        """Wait until no frame has arrived for ``idle`` seconds: every client has caught up."""
+        deadline = time.monotonic() + timeout
+        last = -1
+        while time.monotonic() < deadline:
+            count = self.frames()
+            if count == last:
+                return
+            last = count
+            time.sleep(idle)
 
     def frames(self) -> int:
         return sum(len(inbox) for inbox in self.received)
@@ -266,15 +280,32 @@ def part_latency(user, token: str, *, clients: int, log_dir: Path) -> list[tuple
     try:
         bf.warm_up(user)
         bf.truncate_tables()
-        # One stream: everybody watches every flow while one wide flow runs.
+        # One stream: everybody watches every flow while flows arrive at a steady pace.
         watching = Clients(port, token)
         watching.connect(["/ws/flows/"] * clients)
         start = time.time()
-        flow = flow_create(owner=user, spec=bf.fan_in_spec(300, "latency-stream"))
-        wait_for_flows([flow.pk])
-        time.sleep(1.0)  # let the last frames arrive before counting them
+        paced = []
+        for n in range(int(PACED_SECONDS * PACED_FLOWS_PER_S)):
+            paced.append(flow_create(owner=user, spec=bf.fan_in_spec(1, f"latency-paced-{n}")).pk)
+            time.sleep(max(0.0, start + (n + 1) / PACED_FLOWS_PER_S - time.time()))
+        wait_for_flows(paced)
+        watching.quiet()
         frames, elapsed = watching.frames(), max(t for inbox in watching.received for t, _ in inbox) - start
-        results.append(("one stream (/ws/flows/)", latencies(watching, [flow.pk]), frames / elapsed, frames))
+        results.append((f"one stream, {PACED_FLOWS_PER_S} flows/s of 1+1 jobs (/ws/flows/)",
+                        latencies(watching, paced), frames / elapsed, frames))
+        watching.close()
+
+        # The same stream, in a burst: one flow of 1+300 jobs, as fast as the workers go.
+        bf.truncate_tables()
+        watching = Clients(port, token)
+        watching.connect(["/ws/flows/"] * clients)
+        start = time.time()
+        flow = flow_create(owner=user, spec=bf.fan_in_spec(300, "latency-burst"))
+        wait_for_flows([flow.pk])
+        watching.quiet()
+        frames, elapsed = watching.frames(), max(t for inbox in watching.received for t, _ in inbox) - start
+        results.append(("one stream, burst of 1+300 jobs (/ws/flows/)", latencies(watching, [flow.pk]),
+                        frames / elapsed, frames))
         watching.close()
 
         # Separate flows: each client its own flow, created on a paused queue.
@@ -286,7 +317,7 @@ def part_latency(user, token: str, *, clients: int, log_dir: Path) -> list[tuple
         start = time.time()
         queue_resume(name=bf.QUEUE)
         wait_for_flows([flow.pk for flow in flows])
-        time.sleep(1.0)
+        watching.quiet()
         frames, elapsed = watching.frames(), max(t for inbox in watching.received for t, _ in inbox) - start
         results.append(("separate flows (/ws/flows/{id}/)", latencies(watching, [f.pk for f in flows]),
                         frames / elapsed, frames))
