@@ -30,13 +30,16 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
-from jobs.vocabulary import FlowEvent
+from jobs.selectors import iso
+from jobs.vocabulary import FlowEvent, FlowStatus, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +119,14 @@ class _RedisPublisher:
             pipe.publish(f"{self.prefix}__group__{group}", self.layer.serialize(message))
         pipe.execute()
 
+    def listening(self, groups: set[str]) -> set[str]:
+        """The groups that have a subscriber in some web process."""
+        ordered = sorted(groups)
+        if not ordered:
+            return set()
+        counts = self.client.pubsub_numsub(*(f"{self.prefix}__group__{group}" for group in ordered))
+        return {group for group, (_, n) in zip(ordered, counts) if n}
+
 
 class _LocalPublisher:
     """Hands group messages to the in-memory layer on the server's event loop (embedded mode).
@@ -139,6 +150,14 @@ class _LocalPublisher:
             loop.create_task(_send_all(batch))
         else:
             asyncio.run_coroutine_threadsafe(_send_all(batch), loop)
+
+    def listening(self, groups: set[str]) -> set[str]:
+        from channels.layers import get_channel_layer
+
+        if self.loop is None:
+            return set()
+        joined = getattr(get_channel_layer(), "groups", {})
+        return {group for group in groups if joined.get(group)}
 
 
 async def _send_all(batch: list[tuple[str, dict[str, Any]]]) -> None:
@@ -173,19 +192,338 @@ def serve_here(loop: asyncio.AbstractEventLoop) -> None:
         publisher.loop = loop
 
 
+Sink = Callable[[list[Event]], None]
+# Consumers of events besides the channel layer (webhooks): each gets every batch.
+_sinks: list[Sink] = []
+
+
+def add_sink(sink: Sink) -> None:
+    """Also hand every published batch of events to ``sink`` (called after commit, in order)."""
+    if sink not in _sinks:
+        _sinks.append(sink)
+
+
+def _send_to_channel_layer(events: list[Event]) -> None:
+    batch = [(group, event.message()) for event in events for group in event.groups()]
+    _get_publisher().send(batch)
+
+
+# Events after which a flow's progress summary has changed.
+_PROGRESS_EVENTS = frozenset({
+    FlowEvent.CREATED, FlowEvent.JOB_UPDATED, FlowEvent.COMPLETED, FlowEvent.FAILED, FlowEvent.CANCELLED,
+})
+
+
 def publish(events: Iterable[Event]) -> None:
     """Send events now, in order. Call after the commit of the change they report.
 
-    A broken channel layer never breaks the engine: the failure is logged, and
-    clients notice the gap in ``seq`` and take a snapshot.
+    A broken channel layer or sink never breaks the engine: the failure is logged,
+    and clients notice the gap in ``seq`` and take a snapshot. Flows whose progress
+    changed get a coalesced ``flow:updated`` / ``flow:progress`` (see ``_Coalescer``).
     """
-    batch = [(group, event.message()) for event in events for group in event.groups()]
-    if not batch:
+    events = list(events)
+    if not events:
         return
-    try:
-        _get_publisher().send(batch)
-    except Exception:
-        logger.warning("Could not publish %d flow event messages", len(batch), exc_info=True)
+    for sink in (_send_to_channel_layer, *_sinks):
+        try:
+            sink(events)
+        except Exception:
+            logger.warning("Could not deliver %d flow events to %s", len(events), sink, exc_info=True)
+    changed = {event.flow_id for event in events if event.name in _PROGRESS_EVENTS}
+    if changed:
+        _coalescer.touch(changed)
+
+
+# PAYLOADS
+# ------------------------------------------------------------------------------
+# Public payloads: camelCase, ISO-8601 times, every one carrying ``flowId`` and ``seq``.
+
+
+def job_updated_data(
+    *, flow_id: str, job_id: str, name: str, queue_name: str, status: str, attempts_made: int,
+    result: Any = None, error: str | None = None,
+) -> dict[str, Any]:
+    """``flow:job:updated``: a job's new status; ``result`` or ``error`` once it finished."""
+    data = {
+        "flowId": flow_id, "jobId": job_id, "name": name, "queueName": queue_name,
+        "jobStatus": status, "attemptsMade": attempts_made,
+    }
+    if status == JobStatus.COMPLETED:
+        data["result"] = result
+    elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        data["error"] = error or None
+    return data
+
+
+def _flow_updated_data(flow_id: str, status: str, progress: dict[str, Any], updated_at: Any) -> dict[str, Any]:
+    return {"flowId": flow_id, "status": status, "progress": progress, "updatedAt": iso(updated_at)}
+
+
+def _flow_progress_data(flow_id: str, status: str, progress: dict[str, Any]) -> dict[str, Any]:
+    return {"flowId": flow_id, "status": status, "progress": progress}
+
+
+def flow_final_data(*, flow_id: str, status: str, result: Any, error: str, at: Any) -> tuple[FlowEvent, dict]:
+    """``flow:completed`` / ``flow:failed`` / ``flow:cancelled`` for a flow that reached ``status``."""
+    if status == FlowStatus.COMPLETED:
+        return FlowEvent.COMPLETED, {"flowId": flow_id, "result": result, "completedAt": iso(at)}
+    if status == FlowStatus.FAILED:
+        return FlowEvent.FAILED, {"flowId": flow_id, "error": error or None, "failedAt": iso(at)}
+    return FlowEvent.CANCELLED, {"flowId": flow_id, "cancelledAt": iso(at)}
+
+
+# SEQUENCE NUMBERS AND SENDING AFTER COMMIT
+# ------------------------------------------------------------------------------
+
+
+def enabled() -> bool:
+    """Whether live events are on (``FLOWSITE_EVENTS``); off, the engine neither numbers nor sends any."""
+    return settings.FLOWSITE_EVENTS
+
+
+def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """Reserve ``n`` event numbers for each flow; return ``{flow_id: (last seq, owner id)}``.
+
+    Must run inside the transaction of the change the events report: the flow
+    row stays locked until it commits, so numbers follow commit order. Flows are
+    locked in id order (no deadlock between two callers). Flows that no longer
+    exist are left out, and every flow when events are off.
+    """
+    from django.db.models import F
+
+    from flows.models import Flow
+
+    taken: dict[str, tuple[int, int]] = {}
+    if not enabled():
+        return taken
+    for flow_id in sorted(counts):
+        if Flow.objects.filter(pk=flow_id).update(event_seq=F("event_seq") + counts[flow_id]):
+            seq, owner_id = Flow.objects.filter(pk=flow_id).values_list("event_seq", "owner_id").get()
+            taken[flow_id] = (seq, owner_id)
+    return taken
+
+
+class Outbox:
+    """The events of one transaction: numbered inside it, published after its commit.
+
+    Add events while making the changes, then ``close()`` before the transaction
+    ends::
+
+        with transaction.atomic():
+            outbox = events.Outbox()
+            ...change rows; outbox.add(flow_id, FlowEvent.JOB_UPDATED, data)...
+            outbox.close()
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, FlowEvent, dict[str, Any], bool]] = []
+
+    def add(self, flow_id: str | None, name: FlowEvent, data: dict[str, Any], *, broadcast: bool = True) -> None:
+        if flow_id and enabled():
+            self._items.append((flow_id, name, data, broadcast))
+
+    def job_updated(self, **fields: Any) -> None:
+        self.add(fields["flow_id"], FlowEvent.JOB_UPDATED, job_updated_data(**fields))
+
+    def flow_created(self, flow: Any) -> None:
+        """Add ``flow:created``: the flow as its REST detail shows it, read in this transaction."""
+        from flows import selectors
+
+        if not enabled():
+            return
+        body = {**selectors.flow_payload_of(flow), "jobStructure": flow.job_structure}
+        body["jobs"] = json.loads(selectors.flow_job_states_json(flow=flow))
+        self.add(flow.pk, FlowEvent.CREATED, body)
+
+    def flow_finished(self, flow_id: str) -> None:
+        """Add the final event of a flow that has just reached a final status in this transaction."""
+        from flows.models import Flow
+
+        row = Flow.objects.filter(pk=flow_id).values("status", "result", "error", "completed_at").first()
+        if row is not None:
+            name, data = flow_final_data(
+                flow_id=flow_id, status=row["status"], result=row["result"], error=row["error"], at=row["completed_at"]
+            )
+            self.add(flow_id, name, data)
+
+    def close(self) -> list[Event]:
+        """Number the events (one locked update per flow) and publish them after commit."""
+        if not self._items:
+            return []
+        counts: dict[str, int] = {}
+        for flow_id, *_ in self._items:
+            counts[flow_id] = counts.get(flow_id, 0) + 1
+        taken = take_seqs(counts)
+        next_seq = {flow_id: last - counts[flow_id] + 1 for flow_id, (last, _) in taken.items()}
+        built = []
+        for flow_id, name, data, broadcast in self._items:
+            if flow_id not in taken:
+                continue
+            data["seq"] = next_seq[flow_id]
+            next_seq[flow_id] += 1
+            built.append(Event(name=name, data=data, flow_id=flow_id, owner_id=taken[flow_id][1], broadcast=broadcast))
+        self._items = []
+        transaction.on_commit(lambda: publish(built))
+        return built
+
+
+# COALESCED FLOW PROGRESS
+# ------------------------------------------------------------------------------
+# At most one ``flow:updated`` (+ ``flow:progress``) per flow every
+# ``FLOW_UPDATE_INTERVAL``, and always one after the last change.
+FLOW_UPDATE_INTERVAL = 0.25
+
+
+class _Coalescer:
+    """Sends flow progress events for the flows touched since the last send, from one thread.
+
+    Each process collects the flows whose jobs changed; a daemon thread sends
+    their progress at once, then at most every ``FLOW_UPDATE_INTERVAL``. One
+    transaction numbers the events of every due flow and counts their jobs (two
+    statements, whatever the number of flows). Flows nobody listens to cost
+    nothing: their progress is not even counted. Across processes, a Redis key per
+    flow (``SET NX PX``) keeps the rate; a flow whose key is taken stays due.
+    """
+
+    def __init__(self) -> None:
+        self._due: set[str] = set()
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def touch(self, flow_ids: set[str]) -> None:
+        with self._wake:
+            self._due |= flow_ids
+            self._start()
+            self._wake.notify()
+
+    def _start(self) -> None:
+        import os
+
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        self._pid = os.getpid()  # a forked worker process starts its own thread
+        self._thread = threading.Thread(target=self._run, name="flowsite-flow-updates", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from django.db import connections
+
+        while True:
+            with self._wake:
+                while not self._due:
+                    self._wake.wait()
+                due, self._due = self._due, set()
+            try:
+                later = self.send(due)
+            except Exception:
+                logger.warning("Could not send flow progress events", exc_info=True)
+                later = set()
+            finally:
+                connections.close_all()  # back to the pool: an idle thread holds no connection
+            with self._wake:
+                self._due |= later
+            time.sleep(FLOW_UPDATE_INTERVAL)
+
+    def send(self, flow_ids: set[str]) -> set[str]:
+        """Send the progress of these flows now; return those to try again later."""
+        flow_ids = _listened(flow_ids)
+        later = set()
+        if not settings.EMBEDDED and flow_ids:
+            flow_ids, later = _claim_turns(flow_ids)
+        if flow_ids:
+            publish_now(flow_progress_events(flow_ids))
+        return later
+
+    def flush(self) -> None:
+        """Send every pending flow update now (tests, and processes about to exit)."""
+        with self._wake:
+            due, self._due = self._due, set()
+        if due:
+            publish_now(flow_progress_events(_listened(due)))
+
+
+_coalescer = _Coalescer()
+
+
+def flush_flow_updates() -> None:
+    """Send the pending coalesced flow updates of this process now."""
+    _coalescer.flush()
+
+
+def publish_now(events: list[Event]) -> None:
+    """Publish events that need no commit (their numbers were taken in a committed transaction)."""
+    for sink in (_send_to_channel_layer, *_sinks):
+        try:
+            sink(events)
+        except Exception:
+            logger.warning("Could not deliver %d flow events to %s", len(events), sink, exc_info=True)
+
+
+def flow_progress_events(flow_ids: set[str]) -> list[Event]:
+    """Number and build ``flow:updated`` and ``flow:progress`` for these flows (one transaction).
+
+    The two are one change told twice (the second only to the flow's own
+    subscribers), so they share one number: a ``/ws/flows/`` client, which does not
+    receive ``flow:progress``, sees no gap.
+    """
+    from django.db.models import Count
+
+    from flows.models import Flow
+    from flows.selectors import progress_from_counts
+    from jobs.models import Job
+
+    if not flow_ids:
+        return []
+    with transaction.atomic():
+        ids = list(Flow.objects.filter(pk__in=flow_ids).order_by("pk").select_for_update().values_list("pk", flat=True))
+        if not ids:
+            return []
+        from django.db.models import F
+
+        Flow.objects.filter(pk__in=ids).update(event_seq=F("event_seq") + 1)
+        rows = Flow.objects.filter(pk__in=ids).values_list("pk", "event_seq", "status", "updated_at", "owner_id")
+        counts: dict[str, dict[str, int]] = {flow_id: {} for flow_id in ids}
+        for flow_id, status, n in (
+            Job.objects.filter(flow_id__in=ids).values_list("flow_id", "status").annotate(n=Count("pk")).order_by()
+        ):
+            counts[flow_id][status] = n
+        built = []
+        for flow_id, seq, status, updated_at, owner_id in rows:
+            progress = progress_from_counts(counts[flow_id])
+            updated = _flow_updated_data(flow_id, status, progress, updated_at)
+            updated["seq"] = seq
+            built.append(Event(name=FlowEvent.UPDATED, data=updated, flow_id=flow_id, owner_id=owner_id))
+            progressed = _flow_progress_data(flow_id, status, progress)
+            progressed["seq"] = seq
+            built.append(
+                Event(name=FlowEvent.PROGRESS, data=progressed, flow_id=flow_id, owner_id=owner_id, broadcast=False)
+            )
+    return built
+
+
+def _listened(flow_ids: set[str]) -> set[str]:
+    """The flows somebody listens to: their own group, their owner's, or staff."""
+    from flows.models import Flow
+
+    if not flow_ids:
+        return set()
+    owners = dict(Flow.objects.filter(pk__in=flow_ids).values_list("pk", "owner_id"))
+    groups = {flow_id: Event(FlowEvent.UPDATED, {}, flow_id, owner_id).groups() for flow_id, owner_id in owners.items()}
+    listening = _get_publisher().listening({group for names in groups.values() for group in names})
+    return {flow_id for flow_id, names in groups.items() if listening.intersection(names)}
+
+
+def _claim_turns(flow_ids: set[str]) -> tuple[set[str], set[str]]:
+    """Split flows into those this process may update now and those updated elsewhere just now."""
+    publisher = _get_publisher()
+    pipe = publisher.client.pipeline(transaction=False)
+    ordered = sorted(flow_ids)
+    for flow_id in ordered:
+        pipe.set(f"{publisher.prefix}:flow-update-turn:{flow_id}", 1, nx=True, px=int(FLOW_UPDATE_INTERVAL * 1000))
+    claimed = pipe.execute()
+    mine = {flow_id for flow_id, ok in zip(ordered, claimed) if ok}
+    return mine, flow_ids - mine
 
 
 # SNAPSHOT

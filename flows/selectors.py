@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Count, QuerySet
 
-from flows.engine import flow_job_counts
+from flows.status import flow_job_counts
 from flowsite.db import load_json, prepared_cursor
 from flows.models import Flow
 from jobs.models import Job

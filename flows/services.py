@@ -10,19 +10,21 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from flows import engine
+from flows import events, planning
+from flows import status as flow_status
 from flows.exceptions import IdempotencyConflict
 from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
 from jobs.models import Job
+from jobs.dispatch import JobRef, enqueue_jobs, revoke_jobs
 from jobs.services import lock_jobs
-from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
     IGNORED_FAILURE_POLICIES,
     OPEN_FLOW_STATUSES,
     UNFINISHED_JOB_STATUSES,
+    FlowEvent,
     FlowStatus,
     JobStatus,
 )
@@ -39,7 +41,7 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
     """
     flowname, root = parse_flow_spec(spec)
     flow_id = new_flow_id()
-    plan = engine.plan_flow(flow_id=flow_id, flowname=flowname, owner_id=owner.pk, root=root)
+    plan = planning.plan_flow(flow_id=flow_id, flowname=flowname, owner_id=owner.pk, root=root)
     with transaction.atomic():
         flow = Flow.objects.create(
             id=flow_id,
@@ -53,6 +55,9 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
             total_jobs=len(plan.jobs),
         )
         Job.objects.bulk_create(plan.jobs, batch_size=BULK_BATCH_SIZE)
+        outbox = events.Outbox()
+        outbox.flow_created(flow)
+        outbox.close()
         refs = [JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts) for job in plan.leaves]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return flow
@@ -67,6 +72,12 @@ def flow_cancel(*, flow: Flow) -> Flow:
     """
     now = timezone.now()
     with transaction.atomic():
+        # Job rows before the flow row, as every transition locks them (no deadlock).
+        unfinished = Job.objects.filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
+        cancelled = list(unfinished.values_list("id", "name", "queue_name", "attempts_made"))
+        Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
+            status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
+        )
         changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
             status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
         )
@@ -75,9 +86,15 @@ def flow_cancel(*, flow: Flow) -> Flow:
             raise InvalidTransition(
                 f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
             )
-        unfinished = Job.objects.filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
-        job_ids = list(unfinished.values_list("id", flat=True))
-        unfinished.update(status=JobStatus.CANCELLED, error="Cancelled", finished_at=now)
+        outbox = events.Outbox()
+        for job_id, name, queue_name, attempts_made in cancelled:
+            outbox.job_updated(
+                flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
+                attempts_made=attempts_made, error="Cancelled",
+            )
+        outbox.flow_finished(flow.pk)
+        outbox.close()
+        job_ids = [row[0] for row in cancelled]
         transaction.on_commit(lambda: revoke_jobs(job_ids))
     flow.refresh_from_db()
     return flow
@@ -87,15 +104,18 @@ def flow_delete(*, flow: Flow) -> None:
     """Cancel the flow if it is still open, then delete it with all its jobs and logs.
 
     The job rows are locked first, so a handler still running writes its log lines
-    either before the delete (they go with it) or after, as no-ops (``jobs.services.job_log``).
+    either before the delete (they go with it) or after, as no-ops (``jobs.transitions.job_log``).
     """
-    if engine.flow_is_open(flow.status):
+    if flow_status.flow_is_open(flow.status):
         try:
             flow_cancel(flow=flow)
         except InvalidTransition:
             pass  # it finished meanwhile: nothing left to stop
     with transaction.atomic():
         lock_jobs(Job.objects.filter(flow_id=flow.pk))
+        outbox = events.Outbox()
+        outbox.add(flow.pk, FlowEvent.DELETED, {"flowId": flow.pk})
+        outbox.close()  # numbered before the row goes
         Flow.objects.filter(pk=flow.pk).delete()  # jobs and logs cascade
 
 
@@ -142,7 +162,8 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
             row["id"]: row
             for row in Job.objects.select_for_update()
             .filter(flow_id=flow.pk)
-            .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts")
+            .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts", "name",
+                    "attempts_made")
         }
         causes = _retry_causes(rows, under=job_id)
         if not causes:
@@ -162,11 +183,20 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
         Job.objects.filter(pk__in=causes, status=JobStatus.FAILED).update(
             status=JobStatus.WAITING, attempts_made=0, **_RESET
         )
-        counts, ignored = engine.flow_job_counts(flow_id=flow.pk)
-        if engine.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
+        counts, ignored = flow_status.flow_job_counts(flow_id=flow.pk)
+        if flow_status.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
             Flow.objects.filter(pk=flow.pk).update(
                 status=FlowStatus.RUNNING, error="", result=None, completed_at=None, updated_at=timezone.now()
             )
+        outbox = events.Outbox()
+        for job_id in sorted(reopen) + sorted(causes):
+            row = rows[job_id]
+            outbox.job_updated(
+                flow_id=flow.pk, job_id=job_id, name=row["name"], queue_name=row["queue_name"],
+                status=JobStatus.WAITING_CHILDREN if job_id in reopen else JobStatus.WAITING,
+                attempts_made=row["attempts_made"] if job_id in reopen else 0,
+            )
+        outbox.close()
         refs = [JobRef(id=i, queue_name=rows[i]["queue_name"], opts=rows[i]["opts"]) for i in causes]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     flow.refresh_from_db()

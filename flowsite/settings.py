@@ -252,7 +252,7 @@ else:
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # A job still active when its message comes back after this long counts as a lost
-        # run (jobs.services.job_start): keep it longer than any job runs.
+        # run (jobs.transitions.job_start): keep it longer than any job runs.
         "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600, minimum=60),
         "queue_order_strategy": "priority",
         "priority_steps": list(range(10)),
@@ -301,6 +301,8 @@ FLOWSITE_MAX_ATTEMPTS = env_int("FLOWSITE_MAX_ATTEMPTS", 100, minimum=1)
 FLOWSITE_HANDLER_MODULES = env.list("FLOWSITE_HANDLER_MODULES", default=[])
 # Simulated work of the example handlers, in milliseconds.
 FLOWSITE_EXAMPLE_WORK_MS = env_int("FLOWSITE_EXAMPLE_WORK_MS", 300)
+# Live events (websockets, Socket.IO): off, the engine neither numbers nor sends them.
+FLOWSITE_EVENTS = env_bool("FLOWSITE_EVENTS", True)
 # Threads of the worker that runs inside the server in embedded mode.
 FLOWSITE_EMBEDDED_CONCURRENCY = env_int("FLOWSITE_EMBEDDED_CONCURRENCY", 4, minimum=1)
 

@@ -6,6 +6,6 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from jobs.handlers import autodiscover_handlers
+        from jobs.registry import autodiscover_handlers
 
         autodiscover_handlers()

@@ -18,7 +18,7 @@ class Job(models.Model):
     """One job. Its id is also the Celery task id, assigned before dispatch.
 
     Hot state (``status``, ``pending_children``, ``attempts_made``) is only ever
-    changed by conditional ``UPDATE`` statements in ``jobs.services``: never by
+    changed by conditional ``UPDATE`` statements in ``jobs.transitions`` and ``jobs.services``: never by
     read-modify-save, since many workers touch sibling rows at the same time.
     """
 

@@ -2,7 +2,7 @@
 
 Like NetBox's job wrapper, this is the single place that owns a run. Handlers
 never touch job rows themselves; every status change goes through
-``jobs.services``.
+``jobs.transitions``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 from django.db import connections
 
-from jobs import services
+from jobs import transitions
 from jobs.exceptions import JobTimeoutError
-from jobs.handlers import JobContext, get_handler
+from jobs.handlers import JobContext
 from jobs.options import JobOptions
+from jobs.registry import get_handler
 from jobs.validation import contains_nul
 
 logger = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ def run_job(*, job_id: str, redelivered: bool = False) -> None:
     A job that cannot start (finished, running elsewhere, cancelled, gone)
     is left alone: that is how duplicate deliveries become harmless. A
     redelivered message of a job still ``active`` means its run was lost
-    (see ``services.job_start``).
+    (see ``transitions.job_start``).
     """
-    job = services.job_start(job_id=job_id, redelivered=redelivered)
+    job = transitions.job_start(job_id=job_id, redelivered=redelivered)
     if job is None:
         logger.info("Job %s is not startable; delivery ignored", job_id)
         return
@@ -46,20 +47,20 @@ def run_job(*, job_id: str, redelivered: bool = False) -> None:
             if contains_nul(result):  # also checks that it is JSON-serialisable
                 raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
         except Exception as exc:  # the handler's failure is the job's failure
-            services.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made))
+            transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made))
             return
-        services.job_complete(job=job, result=result)
+        transitions.job_complete(job=job, result=result)
     finally:
         _rearm_soft_limit()
 
 
-def _call_handler(job: services.StartedJob, options: JobOptions) -> Any:
+def _call_handler(job: transitions.StartedJob, options: JobOptions) -> Any:
     handler = get_handler(job.name)
     if handler is None:
         raise UnknownHandler(f"No handler registered for job {job.name!r} on this worker.")
     values, failures = ({}, {})
     if job.child_count:
-        values, failures = services.job_children_outcomes(job_id=job.id)
+        values, failures = transitions.job_children_outcomes(job_id=job.id)
     ctx = JobContext(
         job_id=job.id,
         name=job.name,
@@ -79,7 +80,7 @@ def _call_handler(job: services.StartedJob, options: JobOptions) -> Any:
 
 
 # Timeouts. In a prefork pool process the job's message carries a Celery soft time
-# limit (``jobs.tasks.enqueue_jobs``): when it runs out, the pool signals the process
+# limit (``jobs.dispatch.enqueue_jobs``): when it runs out, the pool signals the process
 # and the handler is interrupted where it is, with an exception. Elsewhere (the
 # embedded mode's threads, the solo pool) nothing can interrupt Python code, so the
 # handler runs in a helper thread that is abandoned when the time is up.

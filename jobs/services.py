@@ -1,418 +1,29 @@
-"""Job state transitions: the only code that changes a job's status.
+"""Job writes other than the hot path: submission, reports, queues, cancel, delete, retry.
 
-Every transition is one conditional ``UPDATE ... WHERE status IN (allowed
-sources)`` whose row count (or ``RETURNING`` row) says whether it happened, so
-a re-delivered or duplicated task, or a job cancelled meanwhile, changes
-nothing. Fan-in is counted in the database: each parent holds
-``pending_children``; the child that brings it to zero moves the parent from
-``waiting-children`` to ``waiting`` and enqueues it after commit.
-
-Hot paths (start, complete) use hand-written SQL so that a job costs two
-statements, whatever the size of its flow.
+Each change is a conditional update through the state machine, like the hot
+path's transitions (``jobs.transitions``), which the reports reuse; messages
+are published after commit (``jobs.dispatch``).
 """
 
 from __future__ import annotations
 
-import json
-import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from flows import engine
-from flowsite.db import load_json, prepared_cursor
-from jobs.exceptions import FlowClosed, InvalidTransition, JobLostError, SpecValidationError
-from jobs.models import Job, JobLog, QueueState
-from jobs.tasks import JobRef, enqueue_jobs, revoke_jobs
+from flows import events
+from flows import status as flow_status
+from flows.models import Flow
+from flows.planning import flow_metadata
+from jobs.dispatch import JobRef, enqueue_jobs, revoke_jobs
+from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
+from jobs.models import Job, QueueState
+from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress, settle_flow
 from jobs.validation import NUL_MESSAGE, contains_nul, validate_job_fields
-from jobs.vocabulary import (
-    CHILD_FAILED_ERROR,
-    IGNORED_FAILURE_POLICIES,
-    STARTABLE_JOB_STATUSES,
-    UNFINISHED_JOB_STATUSES,
-    FailurePolicy,
-    JobStatus,
-    ReportedJobStatus,
-)
-
-JOB_TABLE = Job._meta.db_table
-
-
-@dataclass(frozen=True)
-class StartedJob:
-    """What a worker needs of a job it has just made active."""
-
-    id: str
-    name: str
-    queue_name: str
-    data: dict[str, Any]
-    opts: dict[str, Any]
-    flow_id: str | None
-    parent_id: str | None
-    attempts_made: int
-    child_count: int
-    failure_policy: str
-
-    @classmethod
-    def from_job(cls, job: Job) -> StartedJob:
-        return cls(
-            id=job.id, name=job.name, queue_name=job.queue_name, data=job.data, opts=job.opts,
-            flow_id=job.flow_id, parent_id=job.parent_id, attempts_made=job.attempts_made,
-            child_count=job.child_count, failure_policy=job.failure_policy,
-        )
-
-
-def _json_placeholder() -> str:
-    return "%s::jsonb" if connection.vendor == "postgresql" else "%s"
-
-
-def _fetch_one(sql: str, params: list[Any]) -> tuple | None:
-    with prepared_cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
-
-
-_STARTABLE = sorted(STARTABLE_JOB_STATUSES)
-_STARTABLE_SQL = ", ".join(["%s"] * len(_STARTABLE))
-_QUEUE_PAUSED_SQL = (
-    f"EXISTS (SELECT 1 FROM {QueueState._meta.db_table} q WHERE q.name = {JOB_TABLE}.queue_name AND q.paused)"
-)
-
-
-def _park_if_paused(job_id: str) -> bool:
-    """Move a due job of a paused queue ``waiting|delayed -> paused``; True if it was parked."""
-    with prepared_cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {JOB_TABLE} SET status = %s WHERE id = %s AND status IN ({_STARTABLE_SQL}) "
-            f"AND {_QUEUE_PAUSED_SQL}",
-            [JobStatus.PAUSED, job_id, *_STARTABLE],
-        )
-        return cursor.rowcount == 1
-
-
-def _is_startable(job_id: str) -> bool:
-    return Job.objects.filter(pk=job_id, status__in=STARTABLE_JOB_STATUSES).exists()
-
-
-# Commit durability on PostgreSQL, for a worker's two statements per job.
-#
-# A commit normally waits for its WAL to reach the disk, and keeps its row locks
-# meanwhile. For the completion that is the expensive part: siblings finishing at
-# the same moment all count down the same parent row, so each waited for the
-# others' disk flushes, one after another. Instead, both statements commit without
-# waiting (``synchronous_commit`` off for that one transaction, set inside the
-# statement), and before the worker acknowledges anything, ``_wait_for_flush``
-# waits for the disk outside any lock. The WAL is written in order, so a flushed
-# later commit means every earlier one is on disk too.
-#
-# - A start lost in a database crash leaves the job as it was (``waiting``); its
-#   message, not yet acknowledged, is delivered again. Only an attempt goes uncounted.
-# - A completion is flushed before its parent is published and before the task
-#   returns (and its message is acknowledged).
-# Inside a caller's transaction nothing is relaxed: the caller's commit decides.
-_RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
-_IS_RELAXED = "EXISTS (SELECT 1 FROM relaxed)"
-
-_START_SQL = (
-    f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
-    f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} {{relaxed}}"
-    "RETURNING name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
-)
-_START_SYNC_SQL = _START_SQL.format(relaxed="")
-_START_RELAXED_SQL = f"WITH {_RELAXED} " + _START_SQL.format(relaxed=f"AND {_IS_RELAXED} ")
-
-# Complete a job and count it off its parent, in one statement.
-_COMPLETE_SQL = (
-    f"{{with_relaxed}}done AS (UPDATE {JOB_TABLE} SET status = %s, result = %s::jsonb, finished_at = %s "
-    "WHERE id = %s AND status = %s {relaxed}RETURNING id), "
-    f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
-    "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
-    "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
-    "RETURNING status, queue_name, opts) "
-    "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
-    "(SELECT queue_name FROM parent), (SELECT opts FROM parent)"
-)
-_COMPLETE_SYNC_SQL = _COMPLETE_SQL.format(with_relaxed="WITH ", relaxed="")
-_COMPLETE_RELAXED_SQL = _COMPLETE_SQL.format(with_relaxed=f"WITH {_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
-
-
-def _relax_commits() -> bool:
-    return connection.vendor == "postgresql" and not connection.in_atomic_block
-
-
-def _wait_for_flush() -> None:
-    """Return once every commit so far is on disk (see the note above ``_RELAXED``).
-
-    A transaction with an id commits synchronously and flushes the WAL up to its
-    own commit record, which comes after ours; without locks, it waits alone.
-    """
-    _fetch_one("SELECT pg_current_xact_id()", [])
-
-
-def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
-    """Move a job ``waiting|delayed -> active``, counting the attempt.
-
-    Returns ``None`` (and changes nothing) when the job is not startable: already
-    running or finished (a duplicated delivery), cancelled, or gone. Marks the
-    job's flow ``running`` the first time one of its jobs starts.
-
-    ``redelivered``: this message was given out before and its run did not finish
-    (see ``jobs.tasks.run``). If the job is still ``active``, that run was lost (its
-    worker died, or lost the database), so the attempt is recorded as failed, like
-    any failure: retried after its backoff while attempts remain, else failed for
-    good. This relies on the broker's visibility timeout being longer than any job runs.
-    """
-    sql = _START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL
-    for _ in range(3):
-        row = _fetch_one(
-            sql,
-            [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE],
-        )
-        if row is not None:
-            break
-        if _park_if_paused(job_id):
-            return None
-        if redelivered and _fail_lost_run(job_id):
-            return None
-        if not _is_startable(job_id):
-            return None
-        # The queue was resumed between the two statements: try again.
-    else:
-        return None
-    job = StartedJob(
-        id=job_id,
-        name=row[0],
-        queue_name=row[1],
-        data=load_json(row[2]) or {},
-        opts=load_json(row[3]) or {},
-        flow_id=row[4],
-        parent_id=row[5],
-        attempts_made=row[6],
-        child_count=row[7],
-        failure_policy=row[8],
-    )
-    if job.flow_id:
-        engine.flow_mark_running(flow_id=job.flow_id)
-    return job
-
-
-def _fail_lost_run(job_id: str) -> bool:
-    """Record a lost run of an ``active`` job as a failed attempt; False if it is not active."""
-    from jobs.options import JobOptions
-
-    job = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).first()
-    if job is None:
-        return False
-    started = StartedJob.from_job(job)
-    error = JobLostError(
-        f"Attempt {job.attempts_made} of this job was lost before it finished "
-        "(its worker process died, or lost the database)."
-    )
-    job_log(job_id=job_id, message=str(error))
-    retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)
-    return job_fail(job=started, exc=error, retry_delay_ms=retry)
-
-
-def job_children_outcomes(*, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return ``(children_values, children_failures)`` of a parent, keyed by job id and name."""
-    values: dict[str, Any] = {}
-    failures: dict[str, Any] = {}
-    rows = (
-        Job.objects.filter(parent_id=job_id)
-        .order_by("position")
-        .values_list("id", "name", "status", "result", "error", "error_type", "failure_policy")
-    )
-    for child_id, name, status, result, error, error_type, policy in rows:
-        if status == JobStatus.COMPLETED:
-            target, value = values, result
-        elif status == JobStatus.FAILED and policy == FailurePolicy.IGNORE:
-            target = failures
-            value = {"jobId": child_id, "name": name, "error": error, "errorType": error_type}
-        else:
-            continue
-        target[child_id] = value
-        previous = target.get(name, _MISSING)
-        if previous is _MISSING:
-            target[name] = value
-        elif isinstance(previous, _SameName):
-            previous.append(value)
-        else:
-            target[name] = _SameName([previous, value])
-    return _plain(values), _plain(failures)
-
-
-class _SameName(list):
-    """Marks a name shared by several children, so their values collect in a list."""
-
-
-_MISSING = object()
-
-
-def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {key: list(value) if isinstance(value, _SameName) else value for key, value in mapping.items()}
-
-
-def _release_parent(parent_id: str) -> JobRef | None:
-    """Count one finished child off its parent; return the parent if that was the last one.
-
-    One statement: ``pending_children - 1``, and ``waiting-children -> waiting``
-    when it reaches zero. Row locks (PostgreSQL) or the write lock (SQLite)
-    serialise concurrent siblings, so no decrement is ever lost.
-    """
-    row = _fetch_one(
-        f"UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
-        "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
-        "WHERE id = %s AND status = %s AND pending_children > 0 "
-        "RETURNING status, queue_name, opts",
-        [JobStatus.WAITING, parent_id, JobStatus.WAITING_CHILDREN],
-    )
-    if row is None or row[0] != JobStatus.WAITING:
-        return None
-    return JobRef(id=parent_id, queue_name=row[1], opts=load_json(row[2]) or {})
-
-
-def job_complete(*, job: StartedJob, result: Any) -> bool:
-    """Move a job ``active -> completed`` with its result, and release its parent.
-
-    Returns False if the job was no longer active (cancelled meanwhile, or a
-    duplicate delivery finished first): then nothing changes. The parent, when
-    this was its last pending child, is enqueued after commit; a job without a
-    parent settles its flow's final status.
-    """
-    now = timezone.now()
-    encoded = json.dumps(result)
-    ready: JobRef | None = None
-    if connection.vendor == "postgresql" and job.parent_id:
-        relax = _relax_commits()
-        row = _fetch_one(
-            _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
-            [
-                JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
-                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN,
-            ],
-        )
-        if relax:
-            _wait_for_flush()
-        if not row[0]:
-            return False
-        if row[1] == JobStatus.WAITING:
-            ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
-    else:
-        with transaction.atomic():
-            with prepared_cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {JOB_TABLE} SET status = %s, result = {_json_placeholder()}, finished_at = %s "
-                    "WHERE id = %s AND status = %s",
-                    [JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE],
-                )
-                if cursor.rowcount != 1:
-                    return False
-            if job.parent_id:
-                ready = _release_parent(job.parent_id)
-    if ready is not None:
-        transaction.on_commit(lambda: enqueue_jobs([ready]))
-    elif job.parent_id is None and job.flow_id:
-        engine.flow_settle(flow_id=job.flow_id)
-    return True
-
-
-def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None) -> bool:
-    """Record a failed attempt: ``active -> delayed`` (retry) or ``active -> failed``.
-
-    ``retry_delay_ms`` is ``None`` when no attempt is left. A final failure then
-    applies the job's failure policy to its ancestors (see ``_propagate_failure``)
-    and fails the flow at once unless the failure is ignored. Returns False if
-    the job was no longer active.
-    """
-    message = str(exc) or type(exc).__name__
-    fields = {
-        "error": message,
-        "error_type": type(exc).__name__,
-        "stacktrace": "".join(traceback.format_exception(exc))[-20_000:],
-    }
-    active = Job.objects.filter(pk=job.id, status=JobStatus.ACTIVE)
-    if retry_delay_ms is not None:
-        if not active.update(status=JobStatus.DELAYED, **fields):
-            return False
-        ref = JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts)
-        transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=retry_delay_ms))
-        return True
-    with transaction.atomic():
-        if not active.update(status=JobStatus.FAILED, finished_at=timezone.now(), **fields):
-            return False
-        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}")
-    return True
-
-
-def _propagate_failure(*, job: StartedJob, error: str) -> None:
-    """Apply a final failure to the ancestors, walking up while parents fail too.
-
-    - ``fail-parent`` (default): the parent fails without running, and so on up;
-    - ``ignore`` / ``remove``: the parent is released as if the child had finished;
-    - ``keep-parent-waiting``: the parent stays in ``waiting-children``.
-    The flow fails at once unless the failure stopped at an ignoring policy.
-    """
-    child_id, child_name, parent_id, policy = job.id, job.name, job.parent_id, job.failure_policy
-    now = timezone.now()
-    while parent_id is not None:
-        if policy in IGNORED_FAILURE_POLICIES:
-            ready = _release_parent(parent_id)
-            if ready is not None:
-                transaction.on_commit(lambda: enqueue_jobs([ready]))
-            return
-        if policy != FailurePolicy.FAIL_PARENT:
-            break
-        row = _fetch_one(
-            f"UPDATE {JOB_TABLE} SET status = %s, error = %s, error_type = %s, finished_at = %s "
-            "WHERE id = %s AND status = %s RETURNING id, name, parent_id, failure_policy",
-            [
-                JobStatus.FAILED, f"Child job {child_name} ({child_id}) failed: {error}", CHILD_FAILED_ERROR,
-                now, parent_id, JobStatus.WAITING_CHILDREN,
-            ],
-        )
-        if row is None:
-            break
-        child_id, child_name, parent_id, policy = row
-    if job.flow_id:
-        engine.flow_fail(flow_id=job.flow_id, error=f"Job {job.name} ({job.id}) failed: {error}")
-
-
-def job_update_progress(*, job_id: str, progress: Any) -> bool:
-    """Set an active job's progress (a number or a JSON object).
-
-    False, and nothing written, if the job is no longer active or no longer exists
-    (its flow was deleted while its handler ran).
-    """
-    json.dumps(progress)
-    return bool(Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).update(progress=progress))
-
-
-# One statement: the line is written only if its job still exists. On PostgreSQL the
-# job row is locked (KEY SHARE) for the insert, so a concurrent delete of the job
-# (``flow_delete``, ``job_delete``: they lock their job rows first, see ``lock_jobs``)
-# either waits for the line and deletes it with the job, or runs first and the insert
-# writes nothing. A plain INSERT violated the foreign key when its job vanished meanwhile.
-_LOG_SQL = (
-    f"INSERT INTO {JobLog._meta.db_table} (job_id, message, created_at) "
-    f"SELECT id, %s, %s FROM {JOB_TABLE} WHERE id = %s"
-)
-
-
-def job_log(*, job_id: str, message: str) -> bool:
-    """Append one line to a job's log; False, and nothing written, if the job no longer exists."""
-    sql = _LOG_SQL + (" FOR KEY SHARE" if connection.vendor == "postgresql" else "")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [message, connection.ops.adapt_datetimefield_value(timezone.now()), job_id])
-        return cursor.rowcount == 1
-
-
-def flow_metadata(*, flow_id: str, flowname: str, root_job_id: str, parent_job_id: str | None) -> dict:
-    """Return the ``_flowMetadata`` object injected into every job's data."""
-    return {"flowId": flow_id, "flowname": flowname, "rootJobId": root_job_id, "parentJobId": parent_job_id}
+from jobs.vocabulary import UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
 
 
 def job_submit(
@@ -432,8 +43,6 @@ def job_submit(
     for bad input and ``FlowClosed`` if the flow has already finished. The job
     belongs to its flow's owner, or to ``owner`` when it is standalone.
     """
-    from flows.models import Flow
-
     node = {"name": name, "queueName": queue_name, "data": data or {}, "opts": opts or {}}
     errors: dict[str, list[str]] = {}
     if contains_nul(node):
@@ -450,7 +59,7 @@ def job_submit(
             flow = Flow.objects.filter(pk=flow_id).first()
             if flow is None or (owner is not None and flow.owner_id != owner.pk and not owner.is_staff):
                 raise SpecValidationError("Invalid job.", {"flowId": [f"Unknown flow {flow_id!r}."]})
-            if not engine.flow_is_open(flow.status):
+            if not flow_status.flow_is_open(flow.status):
                 raise FlowClosed(f"Flow {flow_id} is {flow.status}: it accepts no more jobs.")
             data = {
                 **data,
@@ -472,6 +81,12 @@ def job_submit(
         )
         if flow is not None:
             Flow.objects.filter(pk=flow.pk).update(total_jobs=F("total_jobs") + 1, updated_at=timezone.now())
+            outbox = events.Outbox()
+            outbox.job_updated(
+                flow_id=flow.pk, job_id=job.id, name=job.name, queue_name=job.queue_name, status=job.status,
+                attempts_made=0,
+            )
+            outbox.close()
         ref = JobRef(id=job.id, queue_name=job.queue_name, opts=opts)
         transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=options.delay_ms))
     return job
@@ -485,13 +100,8 @@ def jobs_requeue_interrupted() -> int:
     messages in the on-disk broker and are not enqueued twice.
     """
     with transaction.atomic():
-        interrupted = list(
-            Job.objects.filter(status=JobStatus.ACTIVE).values_list("id", "queue_name", "opts")
-        )
-        Job.objects.filter(pk__in=[row[0] for row in interrupted], status=JobStatus.ACTIVE).update(
-            status=JobStatus.WAITING
-        )
-        refs = [JobRef(id=i, queue_name=q, opts=o) for i, q, o in interrupted]
+        interrupted = _move_jobs(Job.objects.filter(status=JobStatus.ACTIVE), JobStatus.ACTIVE, JobStatus.WAITING)
+        refs = [JobRef(id=row["id"], queue_name=row["queue_name"], opts=row["opts"]) for row in interrupted]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return len(refs)
 
@@ -543,7 +153,8 @@ def queue_pause(*, name: str) -> int:
     """Pause a queue: its waiting jobs become ``paused`` and no job of it starts; return how many."""
     with transaction.atomic():
         QueueState.objects.update_or_create(name=name, defaults={"paused": True})
-        return Job.objects.filter(queue_name=name, status=JobStatus.WAITING).update(status=JobStatus.PAUSED)
+        waiting = Job.objects.filter(queue_name=name, status=JobStatus.WAITING)
+        return len(_move_jobs(waiting, JobStatus.WAITING, JobStatus.PAUSED))
 
 
 def queue_resume(*, name: str) -> int:
@@ -551,21 +162,26 @@ def queue_resume(*, name: str) -> int:
     with transaction.atomic():
         QueueState.objects.update_or_create(name=name, defaults={"paused": False})
         paused = Job.objects.filter(queue_name=name, status=JobStatus.PAUSED)
-        refs = [JobRef(id=i, queue_name=name, opts=o) for i, o in paused.values_list("id", "opts")]
-        Job.objects.filter(pk__in=[ref.id for ref in refs], status=JobStatus.PAUSED).update(
-            status=JobStatus.WAITING
-        )
+        resumed = _move_jobs(paused, JobStatus.PAUSED, JobStatus.WAITING)
+        refs = [JobRef(id=row["id"], queue_name=name, opts=row["opts"]) for row in resumed]
         transaction.on_commit(lambda: enqueue_jobs(refs, delay_ms=0))
     return len(refs)
 
 
 def job_cancel(*, job: Job) -> bool:
     """Cancel one unfinished job and revoke its message; False if it had already finished."""
-    changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
-        status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
-    )
-    if changed:
-        transaction.on_commit(lambda: revoke_jobs([job.pk]))
+    with transaction.atomic():
+        changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
+            status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
+        )
+        if changed:
+            outbox = events.Outbox()
+            outbox.job_updated(
+                flow_id=job.flow_id, job_id=job.pk, name=job.name, queue_name=job.queue_name,
+                status=JobStatus.CANCELLED, attempts_made=job.attempts_made, error="Cancelled",
+            )
+            outbox.close()
+            transaction.on_commit(lambda: revoke_jobs([job.pk]))
     return bool(changed)
 
 
@@ -580,23 +196,21 @@ def job_delete(*, job: Job) -> None:
             f"Job {job.pk} is part of flow {job.flow_id}'s tree: cancel or delete the flow instead.",
             current_status=job.status,
         )
-    from flows.models import Flow
-
     with transaction.atomic():
         lock_jobs(Job.objects.filter(pk=job.pk))
         job_cancel(job=job)
         Job.objects.filter(pk=job.pk).delete()
         if job.flow_id:
             Flow.objects.filter(pk=job.flow_id).update(total_jobs=F("total_jobs") - 1, updated_at=timezone.now())
-            transaction.on_commit(lambda: engine.flow_settle(flow_id=job.flow_id))
+            transaction.on_commit(lambda: settle_flow(flow_id=job.flow_id))
 
 
 def lock_jobs(jobs: QuerySet[Job]) -> None:
     """Lock these job rows until the end of the transaction, before they are deleted.
 
-    A running handler's log line (``job_log``) then either committed before, and is
-    deleted with its job, or waits and finds its job gone: never a log row left
-    pointing at a deleted job (a foreign-key violation at commit).
+    A running handler's log line (``jobs.transitions.job_log``) then either committed
+    before, and is deleted with its job, or waits and finds its job gone: never a log
+    row left pointing at a deleted job (a foreign-key violation at commit).
     """
     list(jobs.select_for_update().order_by("pk").values_list("pk", flat=True))
 
@@ -616,3 +230,17 @@ def job_retry_standalone(*, job: Job) -> Job:
         transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=0))
     job.refresh_from_db()
     return job
+
+
+def _move_jobs(jobs, source: str, target: str) -> list[dict[str, Any]]:
+    """Move these jobs ``source -> target`` (inside a transaction), with their events; return their rows."""
+    rows = list(jobs.values("id", "flow_id", "name", "queue_name", "attempts_made", "opts"))
+    Job.objects.filter(pk__in=[row["id"] for row in rows], status=source).update(status=target)
+    outbox = events.Outbox()
+    for row in rows:
+        outbox.job_updated(
+            flow_id=row["flow_id"], job_id=row["id"], name=row["name"], queue_name=row["queue_name"],
+            status=target, attempts_made=row["attempts_made"],
+        )
+    outbox.close()
+    return rows

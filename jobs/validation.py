@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
-from jobs.handlers import handler_names
+from jobs.registry import handler_names
 from jobs.options import JobOptions, parse_job_options
 
 

@@ -63,6 +63,7 @@ class FlowEvent(models.TextChoices):
 
     CREATED = "flow:created"
     UPDATED = "flow:updated"
+    PROGRESS = "flow:progress"
     COMPLETED = "flow:completed"
     FAILED = "flow:failed"
     CANCELLED = "flow:cancelled"
@@ -109,3 +110,22 @@ JOB_TRANSITIONS: dict[str, frozenset[str]] = {
 def sources_of(target: str) -> frozenset[str]:
     """Return the statuses from which a job may move to ``target``."""
     return frozenset(src for src, targets in JOB_TRANSITIONS.items() if target in targets)
+
+
+class ClientEvent(models.TextChoices):
+    """Websocket events that answer one connection's own action (never broadcast)."""
+
+    SNAPSHOT = "flow:snapshot"
+    SUBSCRIBED = "subscribed"
+    UNSUBSCRIBED = "unsubscribed"
+    PONG = "pong"
+    ERROR = "error"
+
+
+class ClientAction(models.TextChoices):
+    """What a websocket client may ask for (``{"action": ...}``; Socket.IO event names)."""
+
+    SUBSCRIBE = "subscribe"
+    UNSUBSCRIBE = "unsubscribe"
+    SNAPSHOT = "snapshot"
+    PING = "ping"

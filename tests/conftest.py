@@ -203,3 +203,14 @@ def token_client(user):
 @pytest.fixture
 def api(user):
     return token_client(user)
+
+
+@pytest.fixture(scope="session")
+def live_asgi_server(django_db_setup, django_db_blocker, tmp_path_factory):
+    """``manage.py up`` serving the test database at a free port (tests.live.LiveServer)."""
+    from django.db import connection
+
+    from tests.live import run_server
+
+    with run_server(service_env(connection.settings_dict["NAME"]), tmp_path_factory.mktemp("live-server")) as server:
+        yield server

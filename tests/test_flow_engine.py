@@ -13,7 +13,7 @@ from flows.services import flow_cancel, flow_create, flow_delete
 from jobs.exceptions import FlowClosed, InvalidTransition
 from jobs.models import Job, JobLog
 from jobs.services import job_submit
-from jobs.tasks import JobRef, enqueue_jobs
+from jobs.dispatch import JobRef, enqueue_jobs
 from jobs.vocabulary import FailurePolicy, FlowStatus, JobStatus
 from tests.conftest import ROOT, wait_for, wait_for_deliveries, wait_for_flow, worker_log
 

@@ -8,7 +8,7 @@ from django.test import override_settings
 from flows.models import Flow
 from flows.services import flow_create
 from jobs.exceptions import SpecValidationError
-from jobs.handlers import handler_names
+from jobs.registry import handler_names
 from jobs.models import Job
 
 pytestmark = pytest.mark.django_db

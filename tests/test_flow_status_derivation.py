@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flows.engine import derive_flow_status
+from flows.status import derive_flow_status
 from jobs.vocabulary import FlowStatus, JobStatus
 
 S = JobStatus

@@ -14,15 +14,8 @@ from flows.models import Flow
 from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
 from jobs.models import Job, JobLog
 from jobs.options import JobOptions
-from jobs.services import (
-    job_complete,
-    job_delete,
-    job_fail,
-    job_log,
-    job_start,
-    job_submit,
-    job_update_progress,
-)
+from jobs.services import job_delete, job_submit
+from jobs.transitions import job_complete, job_fail, job_log, job_start, job_update_progress
 from jobs.vocabulary import JOB_TRANSITIONS, TERMINAL_JOB_STATUSES, FlowStatus, JobStatus, sources_of
 
 
@@ -109,7 +102,7 @@ def test_the_per_job_statements_are_prepared_once_per_connection(user):
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT statement FROM pg_prepared_statements WHERE statement LIKE %s OR statement LIKE %s",
-            ["UPDATE jobs_job SET status = $1, attempts_made%", "WITH done AS (UPDATE jobs_job%"],
+            ["WITH started AS (UPDATE jobs_job%", "WITH done AS (UPDATE jobs_job%"],
         )
         prepared = [row[0] for row in cursor.fetchall()]
     # One start and one completion statement, each planned once and reused for all three jobs.
@@ -139,7 +132,7 @@ def test_siblings_completing_concurrently_lose_no_decrement(user):
 
 @pytest.mark.django_db
 def test_children_sharing_a_name_collect_their_values_in_order(user):
-    from jobs.services import job_children_outcomes
+    from jobs.transitions import job_children_outcomes
 
     flow = flow_create(owner=user, spec=spec(5))
     for value, child in enumerate(Job.objects.filter(flow=flow, parent__isnull=False).order_by("position"), 1):

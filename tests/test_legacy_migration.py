@@ -17,7 +17,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from flows.engine import derive_flow_status, flow_job_counts
+from flows.status import derive_flow_status, flow_job_counts
 from flows.legacy.plan import UNKNOWN_JOB_NAME
 from flows.legacy.tree import rebuild_tree
 from flows.legacy.values import FALLBACK_JOB_STATUS, BadValue, map_status, parse_json, parse_timestamp, signature

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from django.db import models
 
-from flows.engine import derive_flow_status
+from flows.status import derive_flow_status
 from flows.legacy.report import Issue
 from flows.legacy.source import LegacyFlow, LegacyJob
 from flows.legacy.tree import Tree, rebuild_tree
@@ -35,7 +35,7 @@ from flows.legacy.values import (
 from flows.models import Flow, new_flow_id
 from jobs.models import Job, new_job_id
 from jobs.options import parse_job_options
-from jobs.services import flow_metadata
+from flows.planning import flow_metadata
 from jobs.vocabulary import (
     FINAL_FLOW_STATUSES,
     IGNORED_FAILURE_POLICIES,
@@ -93,7 +93,7 @@ def plan_legacy_flow(*, legacy: LegacyFlow, rows: list[LegacyJob], owner_id: int
 
     Job statuses are mapped (``values.map_status``), the tree is rebuilt from
     the ``children`` definitions, and the flow's status is derived from its
-    jobs by ``flows.engine.derive_flow_status``. Raises ``BadRow``.
+    jobs by ``flows.status.derive_flow_status``. Raises ``BadRow``.
     """
     flow_id = legacy_id_text(legacy.id)
     name = _flow_name(legacy, flow_id)
@@ -308,7 +308,7 @@ def _finish_flow(
 
 
 def _derive_status(jobs: list[Job]) -> FlowStatus:
-    """Count the jobs as ``flows.engine.flow_job_counts`` does, then apply the engine's rule."""
+    """Count the jobs as ``flows.status.flow_job_counts`` does, then apply the engine's rule."""
     counts = Counter(job.status for job in jobs)
     ignored = sum(_is_ignored_failure(job) for job in jobs)
     # Only a user's cancellation leaves cancelled jobs behind, so they mean the flow was cancelled.
@@ -325,7 +325,7 @@ def _is_ignored_failure(job: Job) -> bool:
 def _first_failure(jobs: list[Job]) -> str:
     failed = [job for job in jobs if job.status == JobStatus.FAILED and not _is_ignored_failure(job)]
     job = min(failed, key=lambda job: job.finished_at or job.created_at)
-    # The message jobs.services writes when a job fails its flow.
+    # The message jobs.transitions writes when a job fails its flow.
     return f"Job {job.name} ({job.id}) failed: {job.error}"
 
 

@@ -10,6 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 ADMIN_PASSWORD_FILE = "admin-password"
+# How long a stop waits for open requests before cancelling them.
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class Command(BaseCommand):
@@ -65,9 +67,13 @@ class Command(BaseCommand):
         )
         self.stdout.flush()
         try:
+            # No access log: request lines carry query strings, such as a websocket's ?token=.
+            # A stop waits for requests in flight, but not for Socket.IO long-polls (held up
+            # to 45 s): their clients reconnect.
             uvicorn.run(
                 "flowsite.asgi:application", host=host, port=port, workers=workers,
-                log_level="warning", lifespan="off",
+                log_level="warning", access_log=False, lifespan="off",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             )
         finally:
             if worker is not None:

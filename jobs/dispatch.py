@@ -1,0 +1,59 @@
+"""Publishing job messages: one ``jobs.run`` message per job, on the job's own queue.
+
+Messages are sent by task name, so the code that changes job rows never imports
+the task that runs them (``jobs.tasks``, on top of the engine).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flowsite.celery import app
+from jobs.options import JobOptions
+
+# The one Celery task that runs every job (``jobs.tasks.run``).
+RUN_TASK = "jobs.run"
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Enough of a job to publish it: id (= Celery task id), queue and options."""
+
+    id: str
+    queue_name: str
+    opts: dict[str, Any]
+
+
+def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> None:
+    """Publish one ``jobs.run`` message per job, on the job's own queue, in one batch.
+
+    Call it from ``transaction.on_commit`` only, so a worker never looks for a row
+    that is not committed yet. ``delay_ms`` overrides the jobs' ``delay`` option
+    (retries use it for their backoff).
+    """
+    # ``batch()`` pipelines the messages into one round trip on Redis (kombu >= 5.7);
+    # other transports publish each message at once.
+    with app.producer_or_acquire() as producer, producer.batch():
+        for ref in refs:
+            options = JobOptions.from_stored(ref.opts)
+            delay = options.delay_ms if delay_ms is None else delay_ms
+            app.send_task(
+                RUN_TASK,
+                (ref.id,),
+                task_id=ref.id,
+                queue=ref.queue_name,
+                routing_key=ref.queue_name,
+                priority=options.celery_priority,
+                countdown=delay / 1000 if delay else None,
+                # Interrupts an overrunning handler in prefork pools (jobs.runner).
+                soft_time_limit=options.timeout_ms / 1000 if options.timeout_ms else None,
+                producer=producer,
+            )
+
+
+def revoke_jobs(job_ids: list[str]) -> None:
+    """Ask every worker to drop these jobs' messages (best effort; the database guard is the rule)."""
+    if job_ids and app.conf.worker_enable_remote_control:
+        app.control.revoke(job_ids)

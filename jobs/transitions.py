@@ -1,0 +1,496 @@
+"""Job state transitions of the hot path: start, complete, fail, progress, log.
+
+Every transition is one conditional ``UPDATE ... WHERE status IN (allowed
+sources)`` whose row count (or ``RETURNING`` row) says whether it happened, so
+a re-delivered or duplicated task, or a job cancelled meanwhile, changes
+nothing. Fan-in is counted in the database: each parent holds
+``pending_children``; the child that brings it to zero moves the parent from
+``waiting-children`` to ``waiting`` and enqueues it after commit.
+
+Start and complete use hand-written SQL so that a job costs two statements,
+whatever the size of its flow. The other job writes (submission, reports,
+cancel, delete, retry, queues) are in ``jobs.services``.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from flows import events
+from flows import status as flow_status
+from flows.models import Flow
+from flowsite.db import load_json, prepared_cursor
+from jobs.dispatch import JobRef, enqueue_jobs
+from jobs.exceptions import JobLostError
+from jobs.models import Job, JobLog, QueueState
+from jobs.options import JobOptions
+from jobs.vocabulary import (
+    CHILD_FAILED_ERROR,
+    IGNORED_FAILURE_POLICIES,
+    STARTABLE_JOB_STATUSES,
+    FailurePolicy,
+    FlowEvent,
+    JobStatus,
+)
+
+JOB_TABLE = Job._meta.db_table
+FLOW_TABLE = Flow._meta.db_table
+
+
+@dataclass(frozen=True)
+class StartedJob:
+    """What a worker needs of a job it has just made active."""
+
+    id: str
+    name: str
+    queue_name: str
+    data: dict[str, Any]
+    opts: dict[str, Any]
+    flow_id: str | None
+    parent_id: str | None
+    attempts_made: int
+    child_count: int
+    failure_policy: str
+
+    @classmethod
+    def from_job(cls, job: Job) -> StartedJob:
+        return cls(
+            id=job.id, name=job.name, queue_name=job.queue_name, data=job.data, opts=job.opts,
+            flow_id=job.flow_id, parent_id=job.parent_id, attempts_made=job.attempts_made,
+            child_count=job.child_count, failure_policy=job.failure_policy,
+        )
+
+
+def _json_placeholder() -> str:
+    return "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+
+
+def _fetch_one(sql: str, params: list[Any]) -> tuple | None:
+    with prepared_cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+_STARTABLE = sorted(STARTABLE_JOB_STATUSES)
+_STARTABLE_SQL = ", ".join(["%s"] * len(_STARTABLE))
+_QUEUE_PAUSED_SQL = (
+    f"EXISTS (SELECT 1 FROM {QueueState._meta.db_table} q WHERE q.name = {JOB_TABLE}.queue_name AND q.paused)"
+)
+
+
+def _park_if_paused(job_id: str) -> bool:
+    """Move a due job of a paused queue ``waiting|delayed -> paused``; True if it was parked."""
+    with transaction.atomic():
+        row = _fetch_one(
+            f"UPDATE {JOB_TABLE} SET status = %s WHERE id = %s AND status IN ({_STARTABLE_SQL}) "
+            f"AND {_QUEUE_PAUSED_SQL} RETURNING flow_id, name, queue_name, attempts_made",
+            [JobStatus.PAUSED, job_id, *_STARTABLE],
+        )
+        if row is None:
+            return False
+        outbox = events.Outbox()
+        outbox.job_updated(
+            flow_id=row[0], job_id=job_id, name=row[1], queue_name=row[2], status=JobStatus.PAUSED,
+            attempts_made=row[3],
+        )
+        outbox.close()
+    return True
+
+
+def _is_startable(job_id: str) -> bool:
+    return Job.objects.filter(pk=job_id, status__in=STARTABLE_JOB_STATUSES).exists()
+
+
+# Commit durability on PostgreSQL, for a worker's two statements per job.
+#
+# A commit normally waits for its WAL to reach the disk, and keeps its row locks
+# meanwhile. For the completion that is the expensive part: siblings finishing at
+# the same moment all count down the same parent row, so each waited for the
+# others' disk flushes, one after another. Instead, both statements commit without
+# waiting (``synchronous_commit`` off for that one transaction, set inside the
+# statement), and before the worker acknowledges anything, ``_wait_for_flush``
+# waits for the disk outside any lock. The WAL is written in order, so a flushed
+# later commit means every earlier one is on disk too.
+#
+# - A start lost in a database crash leaves the job as it was (``waiting``); its
+#   message, not yet acknowledged, is delivered again. Only an attempt goes uncounted.
+# - A completion is flushed before its parent is published and before the task
+#   returns (and its message is acknowledged).
+# Inside a caller's transaction nothing is relaxed: the caller's commit decides.
+_RELAXED = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true))"
+_IS_RELAXED = "EXISTS (SELECT 1 FROM relaxed)"
+
+_START_COLUMNS = "name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
+_START_UPDATE = (
+    f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
+    f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} {{relaxed}}"
+    f"RETURNING {_START_COLUMNS}"
+)
+# Elsewhere than PostgreSQL: the start alone; its event number is taken in the same transaction.
+_START_PLAIN_SQL = _START_UPDATE.format(relaxed="")
+# PostgreSQL: the start and its event number (``flows.events``) in one statement. The
+# number is taken only with live events on (the first parameter, ``FLOWSITE_EVENTS``).
+_START_SQL = (
+    "WITH {with_relaxed}started AS (" + _START_UPDATE + "), "
+    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
+    "WHERE %s AND id = (SELECT flow_id FROM started) RETURNING event_seq, owner_id) "
+    f"SELECT {_START_COLUMNS}, seq.event_seq, seq.owner_id FROM started LEFT JOIN seq ON true"
+)
+_START_SYNC_SQL = _START_SQL.format(with_relaxed="", relaxed="")
+_START_RELAXED_SQL = _START_SQL.format(with_relaxed=f"{_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
+
+# Complete a job and count it off its parent, in one statement.
+_COMPLETE_SQL = (
+    f"{{with_relaxed}}done AS (UPDATE {JOB_TABLE} SET status = %s, result = %s::jsonb, finished_at = %s "
+    "WHERE id = %s AND status = %s {relaxed}RETURNING id), "
+    f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
+    "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+    "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
+    "RETURNING status, queue_name, opts), "
+    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
+    "WHERE %s AND id = %s AND EXISTS (SELECT 1 FROM done) RETURNING event_seq, owner_id) "
+    "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
+    "(SELECT queue_name FROM parent), (SELECT opts FROM parent), "
+    "(SELECT event_seq FROM seq), (SELECT owner_id FROM seq)"
+)
+_COMPLETE_SYNC_SQL = _COMPLETE_SQL.format(with_relaxed="WITH ", relaxed="")
+_COMPLETE_RELAXED_SQL = _COMPLETE_SQL.format(with_relaxed=f"WITH {_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
+
+
+def _relax_commits() -> bool:
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+def _wait_for_flush() -> None:
+    """Return once every commit so far is on disk (see the note above ``_RELAXED``).
+
+    A transaction with an id commits synchronously and flushes the WAL up to its
+    own commit record, which comes after ours; without locks, it waits alone.
+    """
+    _fetch_one("SELECT pg_current_xact_id()", [])
+
+
+def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
+    """Move a job ``waiting|delayed -> active``, counting the attempt.
+
+    Returns ``None`` (and changes nothing) when the job is not startable: already
+    running or finished (a duplicated delivery), cancelled, or gone. Marks the
+    job's flow ``running`` the first time one of its jobs starts.
+
+    ``redelivered``: this message was given out before and its run did not finish
+    (see ``jobs.tasks.run``). If the job is still ``active``, that run was lost (its
+    worker died, or lost the database), so the attempt is recorded as failed, like
+    any failure: retried after its backoff while attempts remain, else failed for
+    good. This relies on the broker's visibility timeout being longer than any job runs.
+    """
+    for _ in range(3):
+        row = _start_row(job_id)
+        if row is not None:
+            break
+        if _park_if_paused(job_id):
+            return None
+        if redelivered and _fail_lost_run(job_id):
+            return None
+        if not _is_startable(job_id):
+            return None
+        # The queue was resumed between the two statements: try again.
+    else:
+        return None
+    job = StartedJob(
+        id=job_id,
+        name=row[0],
+        queue_name=row[1],
+        data=load_json(row[2]) or {},
+        opts=load_json(row[3]) or {},
+        flow_id=row[4],
+        parent_id=row[5],
+        attempts_made=row[6],
+        child_count=row[7],
+        failure_policy=row[8],
+    )
+    if row[9] is not None:
+        _send(_job_event(job, JobStatus.ACTIVE, seq=row[9], owner_id=row[10]))
+        flow_status.flow_mark_running(flow_id=job.flow_id)
+    return job
+
+
+def _start_row(job_id: str) -> tuple | None:
+    """The start statement; the row it returns ends with the event number and the flow's owner."""
+    params = [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE]
+    if connection.vendor == "postgresql":
+        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.enabled()])
+    with transaction.atomic():
+        row = _fetch_one(_START_PLAIN_SQL, params)
+        if row is None or row[4] is None:
+            return row and (*row, None, None)
+        seq, owner_id = events.take_seqs({row[4]: 1}).get(row[4], (None, None))
+        return (*row, seq, owner_id)
+
+
+def _job_event(job: StartedJob, status: str, *, seq: int, owner_id: int, **outcome: Any) -> events.Event:
+    data = events.job_updated_data(
+        flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name, status=status,
+        attempts_made=job.attempts_made, **outcome,
+    )
+    data["seq"] = seq
+    return events.Event(name=FlowEvent.JOB_UPDATED, data=data, flow_id=job.flow_id, owner_id=owner_id)
+
+
+def _send(*built: events.Event) -> None:
+    """Publish events after the current transaction commits (at once outside one)."""
+    transaction.on_commit(lambda: events.publish(built))
+
+
+def _fail_lost_run(job_id: str) -> bool:
+    """Record a lost run of an ``active`` job as a failed attempt; False if it is not active."""
+    job = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).first()
+    if job is None:
+        return False
+    started = StartedJob.from_job(job)
+    error = JobLostError(
+        f"Attempt {job.attempts_made} of this job was lost before it finished "
+        "(its worker process died, or lost the database)."
+    )
+    job_log(job_id=job_id, message=str(error))
+    retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)
+    return job_fail(job=started, exc=error, retry_delay_ms=retry)
+
+
+def job_children_outcomes(*, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(children_values, children_failures)`` of a parent, keyed by job id and name."""
+    values: dict[str, Any] = {}
+    failures: dict[str, Any] = {}
+    rows = (
+        Job.objects.filter(parent_id=job_id)
+        .order_by("position")
+        .values_list("id", "name", "status", "result", "error", "error_type", "failure_policy")
+    )
+    for child_id, name, status, result, error, error_type, policy in rows:
+        if status == JobStatus.COMPLETED:
+            target, value = values, result
+        elif status == JobStatus.FAILED and policy == FailurePolicy.IGNORE:
+            target = failures
+            value = {"jobId": child_id, "name": name, "error": error, "errorType": error_type}
+        else:
+            continue
+        target[child_id] = value
+        previous = target.get(name, _MISSING)
+        if previous is _MISSING:
+            target[name] = value
+        elif isinstance(previous, _SameName):
+            previous.append(value)
+        else:
+            target[name] = _SameName([previous, value])
+    return _plain(values), _plain(failures)
+
+
+class _SameName(list):
+    """Marks a name shared by several children, so their values collect in a list."""
+
+
+_MISSING = object()
+
+
+def _plain(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, _SameName) else value for key, value in mapping.items()}
+
+
+def _release_parent(parent_id: str) -> JobRef | None:
+    """Count one finished child off its parent; return the parent if that was the last one.
+
+    One statement: ``pending_children - 1``, and ``waiting-children -> waiting``
+    when it reaches zero. Row locks (PostgreSQL) or the write lock (SQLite)
+    serialise concurrent siblings, so no decrement is ever lost.
+    """
+    row = _fetch_one(
+        f"UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
+        "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+        "WHERE id = %s AND status = %s AND pending_children > 0 "
+        "RETURNING status, queue_name, opts",
+        [JobStatus.WAITING, parent_id, JobStatus.WAITING_CHILDREN],
+    )
+    if row is None or row[0] != JobStatus.WAITING:
+        return None
+    return JobRef(id=parent_id, queue_name=row[1], opts=load_json(row[2]) or {})
+
+
+def job_complete(*, job: StartedJob, result: Any) -> bool:
+    """Move a job ``active -> completed`` with its result, and release its parent.
+
+    Returns False if the job was no longer active (cancelled meanwhile, or a
+    duplicate delivery finished first): then nothing changes. The parent, when
+    this was its last pending child, is enqueued after commit; a job without a
+    parent settles its flow's final status.
+    """
+    now = timezone.now()
+    encoded = json.dumps(result)
+    ready: JobRef | None = None
+    if connection.vendor == "postgresql" and job.parent_id:
+        relax = _relax_commits()
+        row = _fetch_one(
+            _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
+            [
+                JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
+                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, events.enabled(), job.flow_id,
+            ],
+        )
+        if relax:
+            _wait_for_flush()
+        if not row[0]:
+            return False
+        if row[1] == JobStatus.WAITING:
+            ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
+        if row[4] is not None:
+            # Before the parent is published: a flow's events follow its causes.
+            _send(_job_event(job, JobStatus.COMPLETED, seq=row[4], owner_id=row[5], result=result))
+    else:
+        with transaction.atomic():
+            with prepared_cursor() as cursor:
+                cursor.execute(
+                    f"UPDATE {JOB_TABLE} SET status = %s, result = {_json_placeholder()}, finished_at = %s "
+                    "WHERE id = %s AND status = %s",
+                    [JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE],
+                )
+                if cursor.rowcount != 1:
+                    return False
+            if job.parent_id:
+                ready = _release_parent(job.parent_id)
+            if job.flow_id:
+                seq, owner_id = events.take_seqs({job.flow_id: 1}).get(job.flow_id, (None, None))
+                if seq is not None:
+                    _send(_job_event(job, JobStatus.COMPLETED, seq=seq, owner_id=owner_id, result=result))
+    if ready is not None:
+        transaction.on_commit(lambda: enqueue_jobs([ready]))
+    elif job.parent_id is None and job.flow_id:
+        settle_flow(flow_id=job.flow_id)
+    return True
+
+
+def settle_flow(*, flow_id: str) -> str | None:
+    """``flows.status.flow_settle``, with its ``flow:completed``/``flow:failed`` event."""
+    with transaction.atomic():
+        status = flow_status.flow_settle(flow_id=flow_id)
+        if status is not None:
+            outbox = events.Outbox()
+            outbox.flow_finished(flow_id)
+            outbox.close()
+    return status
+
+
+def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None) -> bool:
+    """Record a failed attempt: ``active -> delayed`` (retry) or ``active -> failed``.
+
+    ``retry_delay_ms`` is ``None`` when no attempt is left. A final failure then
+    applies the job's failure policy to its ancestors (see ``_propagate_failure``)
+    and fails the flow at once unless the failure is ignored. Returns False if
+    the job was no longer active.
+    """
+    message = str(exc) or type(exc).__name__
+    fields = {
+        "error": message,
+        "error_type": type(exc).__name__,
+        "stacktrace": "".join(traceback.format_exception(exc))[-20_000:],
+    }
+    active = Job.objects.filter(pk=job.id, status=JobStatus.ACTIVE)
+    outbox = events.Outbox()
+    with transaction.atomic():
+        if retry_delay_ms is not None:
+            if not active.update(status=JobStatus.DELAYED, **fields):
+                return False
+            _add_job_event(outbox, job, JobStatus.DELAYED, error=message)
+            outbox.close()
+            ref = JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts)
+            transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=retry_delay_ms))
+            return True
+        if not active.update(status=JobStatus.FAILED, finished_at=timezone.now(), **fields):
+            return False
+        _add_job_event(outbox, job, JobStatus.FAILED, error=message)
+        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}", outbox=outbox)
+        outbox.close()
+    return True
+
+
+def _add_job_event(outbox: events.Outbox, job: StartedJob, status: str, **outcome: Any) -> None:
+    outbox.job_updated(
+        flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name, status=status,
+        attempts_made=job.attempts_made, **outcome,
+    )
+
+
+def _propagate_failure(*, job: StartedJob, error: str, outbox: events.Outbox) -> None:
+    """Apply a final failure to the ancestors, walking up while parents fail too.
+
+    - ``fail-parent`` (default): the parent fails without running, and so on up;
+    - ``ignore`` / ``remove``: the parent is released as if the child had finished;
+    - ``keep-parent-waiting``: the parent stays in ``waiting-children``.
+    The flow fails at once unless the failure stopped at an ignoring policy.
+    """
+    child_id, child_name, parent_id, policy = job.id, job.name, job.parent_id, job.failure_policy
+    now = timezone.now()
+    while parent_id is not None:
+        if policy in IGNORED_FAILURE_POLICIES:
+            ready = _release_parent(parent_id)
+            if ready is not None:
+                transaction.on_commit(lambda: enqueue_jobs([ready]))
+            return
+        if policy != FailurePolicy.FAIL_PARENT:
+            break
+        parent_error = f"Child job {child_name} ({child_id}) failed: {error}"
+        row = _fetch_one(
+            f"UPDATE {JOB_TABLE} SET status = %s, error = %s, error_type = %s, finished_at = %s "
+            "WHERE id = %s AND status = %s RETURNING id, name, parent_id, failure_policy, queue_name, attempts_made",
+            [JobStatus.FAILED, parent_error, CHILD_FAILED_ERROR, now, parent_id, JobStatus.WAITING_CHILDREN],
+        )
+        if row is None:
+            break
+        outbox.job_updated(
+            flow_id=job.flow_id, job_id=row[0], name=row[1], queue_name=row[4], status=JobStatus.FAILED,
+            attempts_made=row[5], error=parent_error,
+        )
+        child_id, child_name, parent_id, policy = row[:4]
+    if job.flow_id:
+        if flow_status.flow_fail(flow_id=job.flow_id, error=f"Job {job.name} ({job.id}) failed: {error}"):
+            outbox.flow_finished(job.flow_id)
+
+
+def job_update_progress(*, job_id: str, progress: Any) -> bool:
+    """Set an active job's progress (a number or a JSON object), with its ``flow:job:progress`` event.
+
+    False, and nothing written, if the job is no longer active or no longer exists
+    (its flow was deleted while its handler ran).
+    """
+    json.dumps(progress)
+    with transaction.atomic():
+        changed = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).update(progress=progress)
+        if changed:
+            flow_id = Job.objects.filter(pk=job_id).values_list("flow_id", flat=True).first()
+            outbox = events.Outbox()
+            outbox.add(flow_id, FlowEvent.JOB_PROGRESS, {"flowId": flow_id, "jobId": job_id, "progress": progress})
+            outbox.close()
+    return bool(changed)
+
+
+# One statement: the line is written only if its job still exists. On PostgreSQL the
+# job row is locked (KEY SHARE) for the insert, so a concurrent delete of the job
+# (``flow_delete``, ``job_delete``: they lock their job rows first, see
+# ``jobs.services.lock_jobs``) either waits for the line and deletes it with the job,
+# or runs first and the insert writes nothing. A plain INSERT violated the foreign key
+# when its job vanished meanwhile.
+_LOG_SQL = (
+    f"INSERT INTO {JobLog._meta.db_table} (job_id, message, created_at) "
+    f"SELECT id, %s, %s FROM {JOB_TABLE} WHERE id = %s"
+)
+
+
+def job_log(*, job_id: str, message: str) -> bool:
+    """Append one line to a job's log; False, and nothing written, if the job no longer exists."""
+    sql = _LOG_SQL + (" FOR KEY SHARE" if connection.vendor == "postgresql" else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [message, connection.ops.adapt_datetimefield_value(timezone.now()), job_id])
+        return cursor.rowcount == 1

@@ -1,0 +1,249 @@
+"""The one event point: what the engine publishes, numbered, in commit order, to whom.
+
+A real Redis subscriber listens where the web processes' channel layers listen
+(the pub/sub groups of flows/events.py), while real workers run real flows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from flows import events
+from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
+from jobs.vocabulary import FlowEvent, FlowStatus, JobStatus
+from tests.conftest import wait_for, wait_for_flow
+
+pytestmark = pytest.mark.usefixtures("engine_db")
+
+
+def leaf(name, **extra):
+    return {"name": name, "queueName": "default", **extra}
+
+
+def flow_of(root, flowname="events"):
+    return {"flowname": flowname, **root}
+
+
+class Listener:
+    """Subscribes to channel-layer groups exactly as a web process does, and collects messages."""
+
+    def __init__(self, *groups: str) -> None:
+        config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+        self.prefix = config["prefix"]
+        self.layer = get_channel_layer()
+        self.pubsub = redis.Redis.from_url(config["hosts"][0]).pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(*(f"{self.prefix}__group__{group}" for group in groups))
+        self.received: list[dict] = []
+
+    def drain(self) -> list[dict]:
+        while (message := self.pubsub.get_message(timeout=0.01)) is not None:
+            self.received.append(self.layer.deserialize(message["data"]))
+        return self.received
+
+    def of_flow(self, flow_id: str) -> list[dict]:
+        return [m for m in self.drain() if m["data"].get("flowId") == flow_id]
+
+    def wait_for_event(self, flow_id: str, name: str, timeout: float = 10) -> list[dict]:
+        wait_for(lambda: any(m["event"] == name for m in self.of_flow(flow_id)), timeout=timeout,
+                 message=f"{name} of flow {flow_id}")
+        return self.of_flow(flow_id)
+
+    def close(self) -> None:
+        self.pubsub.close()
+
+
+@pytest.fixture
+def listen():
+    listeners = []
+
+    def make(*groups):
+        listener = Listener(*groups)
+        listeners.append(listener)
+        return listener
+
+    yield make
+    for listener in listeners:
+        listener.close()
+
+
+def by_seq(messages):
+    return sorted(messages, key=lambda m: m["data"]["seq"])
+
+
+def assert_numbered_without_holes(messages):
+    """Numbers 1..n, each once (a flow's own subscribers also get flow:progress, sharing flow:updated's)."""
+    seqs = [m["data"]["seq"] for m in messages if m["event"] != FlowEvent.PROGRESS]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1)), sorted(seqs)
+
+
+def test_a_completed_flow_publishes_every_change_numbered_in_commit_order(user, listen):
+    owner = listen(events.user_group(user.pk))
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": n}) for n in (1, 2, 3)])))
+    wait_for_flow(flow, timeout=15)
+    messages = owner.wait_for_event(flow.pk, FlowEvent.COMPLETED)
+    # The coalesced progress comes at most FLOW_UPDATE_INTERVAL after the last change.
+    wait_for(lambda: any(m["event"] == FlowEvent.UPDATED and m["data"]["status"] == FlowStatus.COMPLETED
+                         for m in owner.of_flow(flow.pk)), timeout=5, message="the final flow:updated")
+    messages = owner.of_flow(flow.pk)
+    assert_numbered_without_holes(messages)
+    ordered = by_seq(messages)
+
+    created = ordered[0]
+    assert created["event"] == FlowEvent.CREATED
+    assert created["data"]["flowId"] == flow.pk and created["data"]["status"] == FlowStatus.PENDING
+    assert {job["jobId"] for job in created["data"]["jobs"]} == set(flow.jobs.values_list("id", flat=True))
+    assert created["data"]["jobStructure"] == flow.job_structure
+
+    job_events = [m["data"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED]
+    per_job = {}
+    for data in job_events:
+        per_job.setdefault(data["jobId"], []).append(data["jobStatus"])
+    assert len(per_job) == 4
+    assert all(statuses == [JobStatus.ACTIVE, JobStatus.COMPLETED] for statuses in per_job.values())
+    root = next(data for data in job_events if data["jobId"] == flow.root_job_id and data["jobStatus"] == JobStatus.COMPLETED)
+    assert root["result"] == 6 and root["name"] == "test-sum" and root["queueName"] == "default"
+    assert root["attemptsMade"] == 1 and "error" not in root
+
+    completed = next(m for m in ordered if m["event"] == FlowEvent.COMPLETED)
+    assert completed["data"] == {
+        "flowId": flow.pk, "result": 6, "completedAt": completed["data"]["completedAt"], "seq": completed["data"]["seq"],
+    }
+    assert completed["data"]["seq"] > max(data["seq"] for data in job_events)
+    # The parent's start follows all its children's completions.
+    root_start = next(d["seq"] for d in job_events if d["jobId"] == flow.root_job_id and d["jobStatus"] == JobStatus.ACTIVE)
+    children_done = [d["seq"] for d in job_events if d["jobId"] != flow.root_job_id and d["jobStatus"] == JobStatus.COMPLETED]
+    assert max(children_done) < root_start
+
+
+def test_flow_progress_goes_to_the_flows_own_subscribers_only(user, listen):
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sleep", data={"ms": 300})))
+    own = listen(events.flow_group(flow.pk))
+    owner = listen(events.user_group(user.pk))
+    wait_for_flow(flow, timeout=15)
+    own.wait_for_event(flow.pk, FlowEvent.COMPLETED)
+    progress = own.wait_for_event(flow.pk, FlowEvent.PROGRESS)
+    final = [m["data"] for m in progress if m["event"] == FlowEvent.PROGRESS][-1]
+    assert set(final) == {"flowId", "status", "progress", "seq"}
+    told_twice = [m for m in progress if m["data"]["seq"] == final["seq"]]
+    assert sorted(m["event"] for m in told_twice) == [FlowEvent.PROGRESS, FlowEvent.UPDATED]
+    assert not any(m["event"] == FlowEvent.PROGRESS for m in owner.of_flow(flow.pk))
+    updated = [m["data"] for m in owner.of_flow(flow.pk) if m["event"] == FlowEvent.UPDATED]
+    assert updated and set(updated[-1]) == {"flowId", "status", "progress", "updatedAt", "seq"}
+
+
+def test_a_failing_flow_ends_with_flow_failed_after_every_job_event(user, listen):
+    owner = listen(events.user_group(user.pk))
+    spec = flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": 1}), leaf("test-fail")]))
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=15)
+    assert flow.status == FlowStatus.FAILED
+    ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.FAILED))
+    failed = next(m for m in ordered if m["event"] == FlowEvent.FAILED)
+    assert failed["data"]["error"] == flow.error and failed["data"]["failedAt"]
+    job_events = [m["data"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED]
+    assert failed["data"]["seq"] > max(data["seq"] for data in job_events)
+    finals = {data["jobId"]: data for data in job_events if data["jobStatus"] == JobStatus.FAILED}
+    assert flow.root_job_id in finals  # the parent, failed by its child
+    assert finals[flow.root_job_id]["error"].startswith("Child job test-fail")
+
+
+def test_cancel_and_delete_publish_their_events(user, listen):
+    owner = listen(events.user_group(user.pk))
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf("test-sleep", data={"ms": 3000})])))
+    wait_for(lambda: flow.jobs.filter(status=JobStatus.ACTIVE).exists(), timeout=10, message="the sleeper to start")
+    flow_cancel(flow=flow)
+    ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.CANCELLED))
+    cancelled = [m["data"]["jobId"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED
+                 and m["data"]["jobStatus"] == JobStatus.CANCELLED]
+    assert sorted(cancelled) == sorted(flow.jobs.values_list("id", flat=True))
+    last_job_seq = max(m["data"]["seq"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED)
+    assert next(m for m in ordered if m["event"] == FlowEvent.CANCELLED)["data"]["seq"] > last_job_seq
+
+    flow.refresh_from_db()
+    flow_delete(flow=flow)
+    deleted = next(m for m in owner.wait_for_event(flow.pk, FlowEvent.DELETED) if m["event"] == FlowEvent.DELETED)
+    assert deleted["data"] == {"flowId": flow.pk, "seq": deleted["data"]["seq"]}
+    assert deleted["data"]["seq"] == flow.event_seq + 1
+
+
+def test_a_retry_publishes_the_reset_jobs(user, listen):
+    owner = listen(events.user_group(user.pk))
+    spec = flow_of(leaf("test-sum", children=[leaf("test-fail"), leaf("test-value", data={"value": 2})]))
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=15)
+    before = flow.event_seq
+    flow_retry(flow=flow)
+    wait_for(lambda: len([m for m in owner.of_flow(flow.pk) if m["data"]["seq"] > before
+                          and m["event"] == FlowEvent.JOB_UPDATED]) >= 2, timeout=10, message="the retry's events")
+    reset = {m["data"]["jobId"]: m["data"]["jobStatus"] for m in owner.of_flow(flow.pk)
+             if m["data"]["seq"] in (before + 1, before + 2)}
+    failing = flow.jobs.get(name="test-fail").pk
+    assert reset == {flow.root_job_id: JobStatus.WAITING_CHILDREN, failing: JobStatus.WAITING}
+
+
+def test_another_users_groups_hear_nothing(user, other_user, listen):
+    other = listen(events.user_group(other_user.pk))
+    owner = listen(events.user_group(user.pk))
+    flow = wait_for_flow(flow_create(owner=user, spec=flow_of(leaf("test-value", data={"value": 1}))), timeout=15)
+    owner.wait_for_event(flow.pk, FlowEvent.COMPLETED)
+    assert other.drain() == []
+
+
+def test_staff_hear_every_flow(user, listen):
+    staff = listen(events.STAFF_GROUP)
+    flow = wait_for_flow(flow_create(owner=user, spec=flow_of(leaf("test-value", data={"value": 1}))), timeout=15)
+    names = [m["event"] for m in by_seq(staff.wait_for_event(flow.pk, FlowEvent.COMPLETED))]
+    assert names[0] == FlowEvent.CREATED and FlowEvent.COMPLETED in names
+
+
+def test_a_wide_flow_coalesces_its_progress_and_sends_one_after_the_last_change(user, listen):
+    owner = listen(events.user_group(user.pk))
+    width = 300
+    spec = flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": 1}) for _ in range(width)]))
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=60)
+    owner.wait_for_event(flow.pk, FlowEvent.COMPLETED)
+    wait_for(lambda: any(m["event"] == FlowEvent.UPDATED and m["data"]["progress"]["completed"] == width + 1
+                         for m in owner.of_flow(flow.pk)), timeout=5, message="the final progress")
+    counts = Counter(m["event"] for m in owner.of_flow(flow.pk))
+    assert counts[FlowEvent.JOB_UPDATED] == 2 * (width + 1)  # every status change
+    assert counts[FlowEvent.UPDATED] < (width + 1) / 4  # coalesced
+    assert_numbered_without_holes(owner.of_flow(flow.pk))
+
+
+def test_progress_is_counted_only_for_flows_somebody_listens_to(user, other_user, staff_user, listen):
+    flow = wait_for_flow(flow_create(owner=user, spec=flow_of(leaf("test-value", data={"value": 1}))), timeout=15)
+    assert events._listened({flow.pk}) == set()
+    listen(events.user_group(other_user.pk))
+    assert events._listened({flow.pk}) == set()
+    for group in (events.user_group(user.pk), events.flow_group(flow.pk), events.STAFF_GROUP):
+        listener = listen(group)
+        assert events._listened({flow.pk}) == {flow.pk}, group
+        listener.close()
+
+
+def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, monkeypatch):
+    from flows import services
+    from jobs import transitions
+    from jobs.transitions import job_complete, job_start
+
+    settings.FLOWSITE_EVENTS = False
+    owner = listen(events.user_group(user.pk))
+    # The job runs here, in this process, where events are off (the workers have them
+    # on): its message is not published.
+    monkeypatch.setattr(services, "enqueue_jobs", lambda refs: None)
+    monkeypatch.setattr(transitions, "enqueue_jobs", lambda refs: None)
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": 1})]),
+                                                 flowname="quiet"))
+    child = flow.jobs.get(parent__isnull=False)
+    started = job_start(job_id=child.pk)
+    assert started is not None and job_complete(job=started, result=1)
+    flow.refresh_from_db()
+    assert flow.event_seq == 0
+    settings.FLOWSITE_EVENTS = True
+    flow_cancel(flow=flow)  # events on again: this is the first numbered event
+    ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.CANCELLED))
+    assert ordered[0]["data"]["seq"] == 1
+    assert not any(m["event"] == FlowEvent.CREATED for m in ordered)
