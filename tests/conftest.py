@@ -116,6 +116,14 @@ def command_env(engine_db):
     return service_env(connection.settings_dict["NAME"])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fast_password_hashing():
+    """Users are created by the hundred: hash their passwords cheaply (the test process only)."""
+    from django.conf import settings
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def celery_workers(django_db_setup, django_db_blocker):
     """Two real ``celery worker`` processes (prefork, 2 children each) on the test database.

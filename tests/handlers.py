@@ -122,3 +122,10 @@ def db_sleep(ctx: JobContext):
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_sleep(%s)", [ctx.data.get("ms", 100) / 1000])
     return {"slept": True}
+
+
+@job_handler("test-progress")
+def progress(ctx: JobContext):
+    ctx.update_progress({"step": 1, "of": 2})
+    ctx.update_progress(100)
+    return "done"

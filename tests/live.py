@@ -43,9 +43,13 @@ SERVER_START_TIMEOUT = 60.0
 
 
 def publish(flow, seq: int, name: FlowEvent = FlowEvent.UPDATED, *, broadcast: bool = True, **data) -> None:
-    """Publish one event of ``flow`` through ``flows.events``, as the engine does after a commit."""
+    """Publish one event of ``flow`` through ``flows.events``, as the engine does after a commit.
+
+    Through ``publish_now``: a made-up event must not start the coalesced
+    ``flow:updated`` of a flow whose rows did not change (it would take a number).
+    """
     payload = {"flowId": flow.pk, "seq": seq, **data}
-    events.publish([events.Event(name=name, data=payload, flow_id=flow.pk, owner_id=flow.owner_id, broadcast=broadcast)])
+    events.publish_now([events.Event(name=name, data=payload, flow_id=flow.pk, owner_id=flow.owner_id, broadcast=broadcast)])
 
 
 def _unsubscribed(groups: tuple[str, ...]) -> list[str]:
