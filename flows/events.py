@@ -243,15 +243,15 @@ def job_updated_data(
     *, flow_id: str, job_id: str, name: str, queue_name: str, status: str, attempts_made: int,
     result: Any = None, error: str | None = None,
 ) -> dict[str, Any]:
-    """``flow:job:updated``: a job's new status; ``result`` or ``error`` once it finished."""
+    """``flow:job:updated``: a job's new status; ``result`` or ``error`` once it finished or failed an attempt."""
     data = {
         "flowId": flow_id, "jobId": job_id, "name": name, "queueName": queue_name,
         "jobStatus": status, "attemptsMade": attempts_made,
     }
     if status == JobStatus.COMPLETED:
         data["result"] = result
-    elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        data["error"] = error or None
+    elif status in (JobStatus.FAILED, JobStatus.CANCELLED) or error:
+        data["error"] = error or None  # also a failed attempt's, on its way to a retry
     return data
 
 

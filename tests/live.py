@@ -114,14 +114,18 @@ def _healthy(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def run_server(env: dict[str, str], directory: Path) -> Iterator[LiveServer]:
-    """Start ``manage.py up --no-worker`` (one web process) at a free port; stop it afterwards."""
+def run_server(env: dict[str, str], directory: Path, *, worker: bool = False) -> Iterator[LiveServer]:
+    """Start ``manage.py up`` (one web process) at a free port; stop it afterwards.
+
+    Without ``worker`` the server runs none (``--no-worker``); with it, embedded mode
+    runs its worker in the server process, as ``./scripts/run`` does.
+    """
     env = {**env, "FLOWSITE_DATA_DIR": str(directory)}
     server = LiveServer(free_port(), directory / "server.log", env)
     with open(server.log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "up", "--no-worker", "--workers", "1", "--port", str(server.port),
-             "--admin-user", "live-server-admin"],
+            [sys.executable, "manage.py", "up", *([] if worker else ["--no-worker"]), "--workers", "1",
+             "--port", str(server.port), "--admin-user", "live-server-admin"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         try:

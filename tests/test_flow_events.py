@@ -247,3 +247,25 @@ def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, mon
     ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.CANCELLED))
     assert ordered[0]["data"]["seq"] == 1
     assert not any(m["event"] == FlowEvent.CREATED for m in ordered)
+
+
+def test_a_retried_attempt_and_an_attached_job_have_their_events(user, listen):
+    owner = listen(events.user_group(user.pk))
+    spec = flow_of(leaf("test-submit", children=[
+        leaf("test-flaky", data={"succeedOnAttempt": 2}, opts={"attempts": 2, "backoff": 50}),
+    ]))
+    flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=15)
+    assert flow.status == FlowStatus.COMPLETED
+    ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.COMPLETED))
+    flaky = flow.jobs.get(name="test-flaky").pk
+    attempts = [(m["data"]["jobStatus"], m["data"]["attemptsMade"], m["data"].get("error"))
+                for m in ordered if m["event"] == FlowEvent.JOB_UPDATED and m["data"]["jobId"] == flaky]
+    assert attempts == [
+        (JobStatus.ACTIVE, 1, None), (JobStatus.DELAYED, 1, "failing attempt 1"),
+        (JobStatus.ACTIVE, 2, None), (JobStatus.COMPLETED, 2, None),
+    ]
+    attached = flow.jobs.get(name="test-sleep").pk
+    statuses = [m["data"]["jobStatus"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED
+                and m["data"]["jobId"] == attached]
+    assert statuses == [JobStatus.WAITING, JobStatus.ACTIVE, JobStatus.COMPLETED]
+    assert ordered[-1]["event"] in (FlowEvent.COMPLETED, FlowEvent.UPDATED)
