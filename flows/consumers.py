@@ -42,7 +42,8 @@ class FlowEventsConsumer(AsyncJsonWebsocketConsumer):
         if settings.EMBEDDED:
             events.serve_here(asyncio.get_running_loop())
         self.live = LiveConnection(
-            user=user, layer=self.channel_layer, channel_name=self.channel_name, send=self.send_json
+            user=user, layer=self.channel_layer, channel_name=self.channel_name, send=self.send_json,
+            send_text=self._send_text,
         )
         flow_id = self.scope["url_route"]["kwargs"].get("flow_id")
         try:
@@ -65,6 +66,9 @@ class FlowEventsConsumer(AsyncJsonWebsocketConsumer):
         except ValueError:
             return await self.send_json(ActionError("A message must be JSON text.").frame())
         await self.send_json(await self.live.perform(request))
+
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every message, through a

@@ -79,7 +79,10 @@ class Event:
     broadcast: bool = True
 
     def message(self) -> dict[str, Any]:
-        return {"type": MESSAGE_TYPE, "event": str(self.name), "data": self.data}
+        """The channel-layer message; ``text`` is the client frame, encoded once for every client."""
+        event = str(self.name)
+        text = json.dumps({"event": event, "data": self.data}, separators=(",", ":"), default=str)
+        return {"type": MESSAGE_TYPE, "event": event, "data": self.data, "text": text}
 
     def groups(self) -> list[str]:
         if not self.broadcast:
@@ -115,8 +118,11 @@ class _RedisPublisher:
 
     def send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         pipe = self.client.pipeline(transaction=False)
+        encoded: dict[int, bytes] = {}  # a message sent to several groups is serialized once
         for group, message in batch:
-            pipe.publish(f"{self.prefix}__group__{group}", self.layer.serialize(message))
+            if id(message) not in encoded:
+                encoded[id(message)] = self.layer.serialize(message)
+            pipe.publish(f"{self.prefix}__group__{group}", encoded[id(message)])
         pipe.execute()
 
     def listening(self, groups: set[str]) -> set[str]:
@@ -204,7 +210,7 @@ def add_sink(sink: Sink) -> None:
 
 
 def _send_to_channel_layer(events: list[Event]) -> None:
-    batch = [(group, event.message()) for event in events for group in event.groups()]
+    batch = [(group, message) for event in events for message in (event.message(),) for group in event.groups()]
     _get_publisher().send(batch)
 
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 Message = dict[str, Any]
 Frame = dict[str, Any]
 Send = Callable[[Frame], Awaitable[None]]
+# Sends an already encoded frame (JSON text) as it is.
+SendText = Callable[[str], Awaitable[None]]
 
 # How long a later event waits for a missing earlier one of the same flow.
 HOLD_SECONDS = 0.3
@@ -186,8 +188,9 @@ class EventStream:
     a lock serialises the channel-layer reader and the timer that releases held events.
     """
 
-    def __init__(self, send: Send, *, hold: float = HOLD_SECONDS) -> None:
+    def __init__(self, send: Send, *, hold: float = HOLD_SECONDS, send_text: SendText | None = None) -> None:
         self._send = send
+        self._send_text = send_text
         self._order = FlowEventOrder(hold=hold)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -229,7 +232,10 @@ class EventStream:
 
     async def _deliver(self, messages: list[Message]) -> None:
         for message in messages:
-            await self._send(events.client_frame(message))
+            if self._send_text is not None and "text" in message:
+                await self._send_text(message["text"])  # encoded once by the publisher, not per client
+            else:
+                await self._send(events.client_frame(message))
 
 
 # ONE CONNECTION
@@ -287,11 +293,13 @@ class LiveConnection:
     subscribed to after the selector allowed it.
     """
 
-    def __init__(self, *, user: AbstractBaseUser, layer: Any, channel_name: str, send: Send) -> None:
+    def __init__(
+        self, *, user: AbstractBaseUser, layer: Any, channel_name: str, send: Send, send_text: SendText | None = None
+    ) -> None:
         self.user = user
         self.layer = layer
         self.channel_name = channel_name
-        self.stream = EventStream(send)
+        self.stream = EventStream(send, send_text=send_text)
         self.groups: set[str] = set()
 
     async def watch_all(self) -> None:

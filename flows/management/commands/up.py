@@ -73,6 +73,9 @@ class Command(BaseCommand):
             uvicorn.run(
                 "flowsite.asgi:application", host=host, port=port, workers=workers,
                 log_level="warning", access_log=False, lifespan="off",
+                # Event frames are small: compressing each one for each client cost more
+                # CPU than it saved (bench/events.py).
+                ws_per_message_deflate=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
             )
         finally:
