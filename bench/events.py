@@ -176,6 +176,8 @@ class Clients:
 
 
 def part_cost(user, token: str, *, repeat: int, watchers: int, log_dir: Path) -> dict:
+    from django.conf import settings
+
     rows: dict[str, dict[str, list[bf.Measurement]]] = {}
 
     def record(mode: str, shape: str, measurement: bf.Measurement) -> None:
@@ -192,6 +194,7 @@ def part_cost(user, token: str, *, repeat: int, watchers: int, log_dir: Path) ->
             ):
                 workers = bf.start_workers(count=2, concurrency=1, log_dir=log_dir, label=f"ev{events_on}-{index}",
                                            FLOWSITE_EVENTS=events_on)
+                settings.FLOWSITE_EVENTS = events_on == "1"  # this process creates the flows
                 watching = None
                 try:
                     bf.warm_up(user)

@@ -27,6 +27,7 @@ commit order without holes. A client that sees a gap asks for a snapshot.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import threading
@@ -105,6 +106,13 @@ class _RedisPublisher:
     ``RedisPubSubChannelLayer.group_send`` is ``PUBLISH {prefix}__group__{group}
     <serialized message>``; doing the same from a plain Redis client costs a
     pipelined ``PUBLISH`` (about 0.01 ms) instead of an event loop per event.
+
+    The caller does not wait for Redis: ``send`` queues the messages and one thread
+    per process publishes whatever has queued, in order, one pipeline (one round
+    trip) at a time. Waiting for each reply cost a worker 0.2 ms per transition, a
+    fifth of a job; the thread batches the events of many transitions under load.
+    Events are numbered by the database in commit order, so a client puts events
+    from different processes back in order (``flows.streams``) whatever their delay.
     """
 
     def __init__(self) -> None:
@@ -115,8 +123,51 @@ class _RedisPublisher:
         self.prefix = config["prefix"]
         self.layer = get_channel_layer()
         self.client = redis.Redis.from_url(config["hosts"][0])
+        self._queue: list[tuple[str, dict[str, Any]]] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._busy = False
 
     def send(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        import os
+
+        with self._wake:
+            self._queue.extend(batch)
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()  # a forked worker process starts its own thread
+                self._thread = threading.Thread(target=self._run, name="flowsite-events", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every queued message has been handed to Redis; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            while self._queue or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                batch, self._queue = self._queue, []
+                self._busy = True
+            try:
+                self._publish(batch)
+            except Exception:
+                logger.warning("Could not publish %d flow event messages", len(batch), exc_info=True)
+            finally:
+                with self._wake:
+                    self._busy = False
+                    self._wake.notify_all()
+
+    def _publish(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         encoded: dict[int, bytes] = {}  # a message sent to several groups is serialized once
         for group, message in batch:
@@ -185,6 +236,15 @@ def _get_publisher() -> _RedisPublisher | _LocalPublisher:
             if _publisher is None:
                 _publisher = _LocalPublisher() if settings.EMBEDDED else _RedisPublisher()
     return _publisher
+
+
+def flush_published(timeout: float = 5.0) -> bool:
+    """Wait until this process's published events have left for Redis (service mode)."""
+    publisher = _get_publisher()
+    return publisher.flush(timeout) if isinstance(publisher, _RedisPublisher) else True
+
+
+atexit.register(flush_published, 2.0)
 
 
 def serve_here(loop: asyncio.AbstractEventLoop) -> None:
