@@ -347,6 +347,10 @@ def enabled() -> bool:
     return settings.FLOWSITE_EVENTS
 
 
+# A new flow's first event, ``flow:created``.
+FIRST_SEQ = 1
+
+
 def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
     """Reserve ``n`` event numbers for each flow; return ``{flow_id: (last seq, owner id)}``.
 
@@ -367,6 +371,30 @@ def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
             seq, owner_id = Flow.objects.filter(pk=flow_id).values_list("event_seq", "owner_id").get()
             taken[flow_id] = (seq, owner_id)
     return taken
+
+
+def flow_created(flow: Any, jobs: list[Any]) -> None:
+    """Publish ``flow:created`` after the commit that created ``flow`` with ``jobs``: its event 1.
+
+    The payload is the flow as ``GET /api/flows/{flowId}`` shows it, built from the
+    rows just written rather than read back (no query). Its number needs no lock:
+    the flow is created with ``event_seq = 1`` and nobody sees it before the commit.
+    """
+    from collections import Counter
+
+    from flows import selectors
+    from jobs.selectors import JOB_STATE_FIELDS, job_state_payload
+
+    if not enabled():
+        return
+    row = {field: getattr(flow, field) for field in selectors.FLOW_FIELDS}
+    counts = Counter(job.status for job in jobs)
+    body = {**selectors.flow_payload(row, selectors.progress_from_counts(counts)), "jobStructure": flow.job_structure}
+    ordered = sorted(jobs, key=lambda job: (job.created_at, job.position, job.pk))  # as selectors.flow_jobs
+    body["jobs"] = [job_state_payload({field: getattr(job, field) for field in JOB_STATE_FIELDS}) for job in ordered]
+    body["seq"] = FIRST_SEQ
+    event = Event(name=FlowEvent.CREATED, data=body, flow_id=flow.pk, owner_id=flow.owner_id)
+    transaction.on_commit(lambda: publish([event]))
 
 
 class Outbox:
@@ -390,16 +418,6 @@ class Outbox:
 
     def job_updated(self, **fields: Any) -> None:
         self.add(fields["flow_id"], FlowEvent.JOB_UPDATED, job_updated_data(**fields))
-
-    def flow_created(self, flow: Any) -> None:
-        """Add ``flow:created``: the flow as its REST detail shows it, read in this transaction."""
-        from flows import selectors
-
-        if not enabled():
-            return
-        body = {**selectors.flow_payload_of(flow), "jobStructure": flow.job_structure}
-        body["jobs"] = json.loads(selectors.flow_job_states_json(flow=flow))
-        self.add(flow.pk, FlowEvent.CREATED, body)
 
     def flow_finished(self, flow_id: str) -> None:
         """Add the final event of a flow that has just reached a final status in this transaction."""

@@ -53,11 +53,10 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
             root_job_id=plan.root_job_id,
             status=FlowStatus.PENDING,
             total_jobs=len(plan.jobs),
+            event_seq=events.FIRST_SEQ if events.enabled() else 0,
         )
         Job.objects.bulk_create(plan.jobs, batch_size=BULK_BATCH_SIZE)
-        outbox = events.Outbox()
-        outbox.flow_created(flow)
-        outbox.close()
+        events.flow_created(flow, plan.jobs)
         refs = [JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts) for job in plan.leaves]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return flow

@@ -269,3 +269,18 @@ def test_a_retried_attempt_and_an_attached_job_have_their_events(user, listen):
                 and m["data"]["jobId"] == attached]
     assert statuses == [JobStatus.WAITING, JobStatus.ACTIVE, JobStatus.COMPLETED]
     assert ordered[-1]["event"] in (FlowEvent.COMPLETED, FlowEvent.UPDATED)
+
+
+def test_flow_created_is_the_flow_as_the_rest_detail_shows_it(user, listen, monkeypatch):
+    from flows import services
+    from tests.conftest import token_client
+
+    owner = listen(events.user_group(user.pk))
+    monkeypatch.setattr(services, "enqueue_jobs", lambda refs: None)  # nothing runs: the detail stays as created
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sum", data={"k": [1, "two"]}, children=[
+        leaf("test-value", data={"value": n}, opts={"attempts": 2}) for n in range(3)
+    ])))
+    created = owner.wait_for_event(flow.pk, FlowEvent.CREATED)[0]["data"]
+    assert created.pop("seq") == 1
+    detail = token_client(user).get(f"/api/flows/{flow.pk}").json()
+    assert created == detail
