@@ -185,14 +185,15 @@ def part_cost(user, token: str, *, repeat: int, watchers: int, log_dir: Path) ->
         log(f"  {shape:5s} {mode:22s} {bf.describe(measurement)}")
 
     port = free_port()
-    server = start_server(port, log_dir)
+    server = start_server(port, log_dir) if watchers else None
+    modes = [("events off", "0", 0), ("events on, nobody", "1", 0)]
+    if watchers:
+        modes.append((f"events on, {watchers} clients", "1", watchers))
     try:
         for index in range(repeat):
             log(f"cost round {index + 1}/{repeat}")
-            for mode, events_on, clients in (
-                ("events off", "0", 0), ("events on, nobody", "1", 0), (f"events on, {watchers} clients", "1", watchers),
-            ):
-                workers = bf.start_workers(count=2, concurrency=1, log_dir=log_dir, label=f"ev{events_on}-{index}",
+            for mode, events_on, clients in modes:
+                workers = bf.start_workers(count=2, concurrency=1, log_dir=log_dir, label=f"ev{events_on}-{index}-{clients}",
                                            FLOWSITE_EVENTS=events_on)
                 settings.FLOWSITE_EVENTS = events_on == "1"  # this process creates the flows
                 watching = None
@@ -212,7 +213,8 @@ def part_cost(user, token: str, *, repeat: int, watchers: int, log_dir: Path) ->
                         watching.close()
                     bf.stop_workers(workers)
     finally:
-        stop_server(server)
+        if server is not None:
+            stop_server(server)
     return rows
 
 
@@ -351,7 +353,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["cost", "latency", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the cost part; medians are reported")
-    parser.add_argument("--watchers", type=int, default=10, help="clients watching every flow in the cost part")
+    parser.add_argument("--watchers", type=int, default=10,
+                        help="clients watching every flow in the cost part (0: no server, no such mode)")
     parser.add_argument("--clients", type=int, default=100, help="clients of the latency part")
     args = parser.parse_args()
 
