@@ -100,6 +100,10 @@ def client_frame(message: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------
 
 
+# How long the publishing thread lets events gather between two writes to Redis.
+PUBLISH_GATHER_SECONDS = 0.002
+
+
 class _RedisPublisher:
     """Publishes group messages from sync code, in the pub/sub layer's wire format.
 
@@ -134,13 +138,15 @@ class _RedisPublisher:
         import os
 
         with self._wake:
+            was_empty = not self._queue
             self._queue.extend(batch)
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()  # a forked worker process starts its own thread and connection
                 self._conn = None
                 self._thread = threading.Thread(target=self._run, name="flowsite-events", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if was_empty:
+                self._wake.notify_all()  # only a sleeping thread needs waking (flush() waits here too)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every queued message has been handed to Redis; False on timeout."""
@@ -168,6 +174,9 @@ class _RedisPublisher:
                 with self._wake:
                     self._busy = False
                     self._wake.notify_all()
+            # Let the events of the next few transitions gather: one write, and one
+            # wake-up of this thread, for all of them.
+            time.sleep(PUBLISH_GATHER_SECONDS)
 
     def _publish(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
         encoded: dict[int, bytes] = {}  # a message sent to several groups is serialized once
@@ -417,6 +426,27 @@ def flow_created(flow: Any, jobs: list[Any]) -> None:
     body["jobs"] = [job_state_payload({field: getattr(job, field) for field in JOB_STATE_FIELDS}) for job in ordered]
     body["seq"] = FIRST_SEQ
     event = Event(name=FlowEvent.CREATED, data=body, flow_id=flow.pk, owner_id=flow.owner_id)
+    transaction.on_commit(lambda: publish([event]))
+
+
+def flow_settled(flow_id: str) -> None:
+    """Publish, after commit, the final event of a flow just settled with its number taken.
+
+    ``flows.status.flow_settle(numbered=True)`` took the number in the update that
+    settled the flow, in this transaction: one read builds the event.
+    """
+    from flows.models import Flow
+
+    row = Flow.objects.filter(pk=flow_id).values(
+        "status", "result", "error", "completed_at", "event_seq", "owner_id"
+    ).first()
+    if row is None:
+        return
+    name, data = flow_final_data(
+        flow_id=flow_id, status=row["status"], result=row["result"], error=row["error"], at=row["completed_at"]
+    )
+    data["seq"] = row["event_seq"]
+    event = Event(name=name, data=data, flow_id=flow_id, owner_id=row["owner_id"])
     transaction.on_commit(lambda: publish([event]))
 
 

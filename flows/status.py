@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import Count, F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from flows.models import Flow
@@ -96,13 +96,14 @@ def flow_job_counts(*, flow_id: str) -> tuple[dict[str, int], int]:
     return counts, ignored
 
 
-def flow_settle(*, flow_id: str) -> FlowStatus | None:
+def flow_settle(*, flow_id: str, numbered: bool = False) -> FlowStatus | None:
     """Finish a flow whose last job has just finished: ``running -> completed|failed``.
 
     Called when a job without a parent (the root, or a job attached by
     ``flowId``) finishes. Derives the status from the job counts; if it is
     final, records it, with the root job's return value as the flow's result.
-    Returns the new status, or None if the flow is still running.
+    Returns the new status, or None if the flow is still running. ``numbered``
+    also takes the flow's next event number (``flows.events``) in the same update.
     """
     counts, ignored = flow_job_counts(flow_id=flow_id)
     status = derive_flow_status(counts, ignored_failures=ignored)
@@ -113,6 +114,8 @@ def flow_settle(*, flow_id: str) -> FlowStatus | None:
     updates: dict[str, Any] = {"status": status, "completed_at": now, "updated_at": now}
     if status == FlowStatus.COMPLETED:
         updates["result"] = Subquery(root_result)
+    if numbered:
+        updates["event_seq"] = F("event_seq") + 1
     changed = Flow.objects.filter(pk=flow_id, status__in=OPEN_FLOW_STATUSES).update(**updates)
     return status if changed else None
 

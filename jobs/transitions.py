@@ -375,11 +375,9 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
 def settle_flow(*, flow_id: str) -> str | None:
     """``flows.status.flow_settle``, with its ``flow:completed``/``flow:failed`` event."""
     with transaction.atomic():
-        status = flow_status.flow_settle(flow_id=flow_id)
-        if status is not None:
-            outbox = events.Outbox()
-            outbox.flow_finished(flow_id)
-            outbox.close()
+        status = flow_status.flow_settle(flow_id=flow_id, numbered=events.enabled())
+        if status is not None and events.enabled():
+            events.flow_settled(flow_id)
     return status
 
 
