@@ -195,6 +195,33 @@ def staff_user(django_user_model):
     return django_user_model.objects.create_user(username="operator", password="pw-operator-123", is_staff=True)
 
 
+@pytest.fixture
+def alice(transactional_db, user):
+    """``user`` with a real API token in ``.token`` (committed: a server in a subprocess sees it)."""
+    from accounts.services import api_token_create
+
+    user.token = api_token_create(user=user)[1]
+    return user
+
+
+@pytest.fixture
+def mallory(transactional_db, other_user):
+    """``other_user`` with a real API token in ``.token``."""
+    from accounts.services import api_token_create
+
+    other_user.token = api_token_create(user=other_user)[1]
+    return other_user
+
+
+@pytest.fixture
+def operator(transactional_db, staff_user):
+    """``staff_user`` with a real API token in ``.token``."""
+    from accounts.services import api_token_create
+
+    staff_user.token = api_token_create(user=staff_user)[1]
+    return staff_user
+
+
 def token_client(user):
     """An API client authenticated with a real API token of ``user`` (or anonymous)."""
     from rest_framework.test import APIClient

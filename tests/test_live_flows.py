@@ -202,8 +202,10 @@ def test_a_client_that_reconnects_mid_flow_catches_up_with_a_snapshot(live_asgi_
 
 def test_job_progress_reaches_the_flows_subscribers(live_asgi_server, user):
     token = api_token_create(user=user)[1]
+    watcher = WebsocketWatcher(f"{live_asgi_server.ws_url}/ws/flows/", token)
+    watcher.send({"action": "ping"})
+    watcher.next_event(ClientEvent.PONG)  # listening before the flow exists
     flow = flow_create(owner=user, spec=spec(leaf("test-progress")))
-    watcher = WebsocketWatcher(f"{live_asgi_server.ws_url}/ws/flows/{flow.pk}/", token)
     try:
         wait_for_flow(flow, timeout=15)
         progress = watcher.next_event(FlowEvent.JOB_PROGRESS)["data"]

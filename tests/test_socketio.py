@@ -19,7 +19,6 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 from websockets.sync.client import connect as ws_connect
 
-from accounts.services import api_token_create
 from flows import events
 from flows.models import Flow
 from jobs.vocabulary import ClientEvent, FlowEvent
@@ -67,24 +66,6 @@ class Listener:
         except queue.Empty:
             return True
         pytest.fail(f"Unexpected event {event}")
-
-
-@pytest.fixture
-def alice(transactional_db, user):
-    user.token = api_token_create(user=user)[1]
-    return user
-
-
-@pytest.fixture
-def mallory(transactional_db, other_user):
-    other_user.token = api_token_create(user=other_user)[1]
-    return other_user
-
-
-@pytest.fixture
-def operator(transactional_db, staff_user):
-    staff_user.token = api_token_create(user=staff_user)[1]
-    return staff_user
 
 
 @pytest.fixture

@@ -36,24 +36,6 @@ def anyio_backend():
 
 
 @pytest.fixture
-def alice(transactional_db, user):
-    user.token = api_token_create(user=user)[1]
-    return user
-
-
-@pytest.fixture
-def mallory(transactional_db, other_user):
-    other_user.token = api_token_create(user=other_user)[1]
-    return other_user
-
-
-@pytest.fixture
-def operator(transactional_db, staff_user):
-    staff_user.token = api_token_create(user=staff_user)[1]
-    return staff_user
-
-
-@pytest.fixture
 def flow(alice):
     return Flow.objects.create(owner=alice, flowname="ws-flow", name="test-sum", queue_name="default")
 

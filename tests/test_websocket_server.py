@@ -10,7 +10,6 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from accounts.services import api_token_create
 from flows import events
 from flows.consumers import CloseCode
 from flows.models import Flow
@@ -20,12 +19,6 @@ from tests.live import publish, run_server, wait_subscribed
 
 ORIGIN = "http://localhost:3000"
 RECEIVE_TIMEOUT = 5.0
-
-
-@pytest.fixture
-def alice(transactional_db, user):
-    user.token = api_token_create(user=user)[1]
-    return user
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ const FINAL = new Set(["flow:completed", "flow:failed", "flow:cancelled"]);
 socket.on("connect", () => {
   print("connect", { transport: socket.io.engine.transport.name });
   if (flowId) socket.emit("subscribe", { flowId }, (reply) => print("ack", reply));
-  socket.io.engine.on("upgrade", (transport) => print("upgrade", { transport: transport.name }));
 });
 socket.on("connect_error", (error) => {
   print("connect_error", { message: error.message });
@@ -22,7 +21,11 @@ socket.on("connect_error", (error) => {
 socket.onAny((event, data) => {
   print(event, data);
   if (FINAL.has(event) && (!flowId || data.flowId === flowId)) {
-    setTimeout(() => { socket.close(); process.exit(0); }, 400); // the coalesced flow:updated comes last
+    setTimeout(() => {
+      print("transport", { name: socket.io.engine.transport.name }); // after the upgrade: websocket
+      socket.close();
+      process.exit(0);
+    }, 400); // the coalesced flow:updated comes last
   }
 });
 setTimeout(() => { print("timeout", {}); process.exit(3); }, 30000);
