@@ -44,7 +44,8 @@ class WebsocketWatcher:
     """A ``websockets`` client reading frames in a thread."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.ws = connect(url, origin=ORIGIN, subprotocols=["flowsite", token])
+        self._connection = connect(url, origin=ORIGIN, subprotocols=["flowsite", token])
+        self.ws = self._connection.__enter__()  # closed by close()
         self.frames: queue.Queue[dict] = queue.Queue()
         self.received: list[dict] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -52,8 +53,8 @@ class WebsocketWatcher:
 
     def _read(self) -> None:
         try:
-            for text in self.ws:
-                self.frames.put(json.loads(text))
+            while True:
+                self.frames.put(json.loads(self.ws.recv()))
         except ConnectionClosed:
             pass
 
@@ -72,7 +73,7 @@ class WebsocketWatcher:
                         message=name)
 
     def close(self) -> None:
-        self.ws.close()
+        self._connection.__exit__(None, None, None)
 
 
 class SocketIOWatcher:
