@@ -273,7 +273,8 @@ if not EMBEDDED:
 
 # CHANNELS
 # ------------------------------------------------------------------------------
-# Live events (flows/events.py). Service mode: channels-redis's pub/sub layer, so
+# Live events (flows/events.py). Service mode: channels-redis's pub/sub layer (decoding
+# each message once per process, flowsite/layers.py), so
 # every web process hears the groups its consumers joined, and workers publish with
 # a plain Redis PUBLISH. The prefix carries the Redis database number: pub/sub
 # channels are shared by all databases of a Redis server.
@@ -282,7 +283,7 @@ if EMBEDDED:
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "flowsite.layers.DecodeOnceRedisPubSubChannelLayer",
             "CONFIG": {
                 "hosts": [REDIS_URL],
                 "prefix": f"flowsite{urlparse(REDIS_URL).path.strip('/') or '0'}",
