@@ -25,6 +25,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"
 
-# Embedded mode by default; with DATABASE_URL and REDIS_URL set, `up` serves the API and
-# admin only, and workers run as `celery -A flowsite worker -Q <queues>` containers.
+# Embedded mode by default; with DATABASE_URL and REDIS_URL set, `up` serves the API, the
+# admin and the live events (/ws/, /socket.io/) only, and workers run as
+# `celery -A flowsite worker -Q <queues>` containers.
 CMD ["python", "manage.py", "up", "--host", "0.0.0.0", "--port", "8000"]
