@@ -312,6 +312,15 @@ _PROGRESS_EVENTS = frozenset({
 })
 
 
+def publish_now(events: list[Event]) -> None:
+    """Publish events that need no commit (their numbers were taken in a committed transaction)."""
+    for sink in (_send_to_channel_layer, *_sinks):
+        try:
+            sink(events)
+        except Exception:
+            logger.warning("Could not deliver %d flow events to %s", len(events), sink, exc_info=True)
+
+
 def publish(events: Iterable[Event]) -> None:
     """Send events now, in order. Call after the commit of the change they report.
 
@@ -322,11 +331,7 @@ def publish(events: Iterable[Event]) -> None:
     events = list(events)
     if not events:
         return
-    for sink in (_send_to_channel_layer, *_sinks):
-        try:
-            sink(events)
-        except Exception:
-            logger.warning("Could not deliver %d flow events to %s", len(events), sink, exc_info=True)
+    publish_now(events)
     changed = {event.flow_id for event in events if event.name in _PROGRESS_EVENTS}
     if changed:
         _coalescer.touch(changed)
@@ -429,25 +434,31 @@ def flow_created(flow: Any, jobs: list[Any]) -> None:
     transaction.on_commit(lambda: publish([event]))
 
 
-def flow_settled(flow_id: str) -> None:
-    """Publish, after commit, the final event of a flow just settled with its number taken.
-
-    ``flows.status.flow_settle(numbered=True)`` took the number in the update that
-    settled the flow, in this transaction: one read builds the event.
-    """
+def _final_event(flow_id: str) -> Event | None:
+    """The final event of a flow that has reached a final status, numbered with its current ``seq``."""
     from flows.models import Flow
 
     row = Flow.objects.filter(pk=flow_id).values(
         "status", "result", "error", "completed_at", "event_seq", "owner_id"
     ).first()
     if row is None:
-        return
+        return None
     name, data = flow_final_data(
         flow_id=flow_id, status=row["status"], result=row["result"], error=row["error"], at=row["completed_at"]
     )
     data["seq"] = row["event_seq"]
-    event = Event(name=name, data=data, flow_id=flow_id, owner_id=row["owner_id"])
-    transaction.on_commit(lambda: publish([event]))
+    return Event(name=name, data=data, flow_id=flow_id, owner_id=row["owner_id"])
+
+
+def flow_settled(flow_id: str) -> None:
+    """Publish, after commit, the final event of a flow just settled with its number taken.
+
+    ``flows.status.flow_settle(numbered=True)`` took the number in the update that
+    settled the flow, in this transaction: one read builds the event.
+    """
+    event = _final_event(flow_id)
+    if event is not None:
+        transaction.on_commit(lambda: publish([event]))
 
 
 class Outbox:
@@ -474,14 +485,10 @@ class Outbox:
 
     def flow_finished(self, flow_id: str) -> None:
         """Add the final event of a flow that has just reached a final status in this transaction."""
-        from flows.models import Flow
-
-        row = Flow.objects.filter(pk=flow_id).values("status", "result", "error", "completed_at").first()
-        if row is not None:
-            name, data = flow_final_data(
-                flow_id=flow_id, status=row["status"], result=row["result"], error=row["error"], at=row["completed_at"]
-            )
-            self.add(flow_id, name, data)
+        event = _final_event(flow_id)
+        if event is not None:
+            del event.data["seq"]  # numbered with the outbox's other events
+            self.add(flow_id, event.name, event.data)
 
     def close(self) -> list[Event]:
         """Number the events (one locked update per flow) and publish them after commit."""
@@ -588,15 +595,6 @@ def flush_flow_updates() -> None:
     _coalescer.flush()
 
 
-def publish_now(events: list[Event]) -> None:
-    """Publish events that need no commit (their numbers were taken in a committed transaction)."""
-    for sink in (_send_to_channel_layer, *_sinks):
-        try:
-            sink(events)
-        except Exception:
-            logger.warning("Could not deliver %d flow events to %s", len(events), sink, exc_info=True)
-
-
 def flow_progress_events(flow_ids: set[str]) -> list[Event]:
     """Number and build ``flow:updated`` and ``flow:progress`` for these flows (one transaction).
 
@@ -673,8 +671,6 @@ def flow_snapshot(*, flow_id: str) -> dict[str, Any] | None:
     Read in one transaction, so ``seq`` is the number of the last event whose
     change the snapshot includes. None if the flow does not exist.
     """
-    from django.db import transaction
-
     from flows import selectors
     from flows.models import Flow
 
@@ -682,11 +678,10 @@ def flow_snapshot(*, flow_id: str) -> dict[str, Any] | None:
         # A share lock on the flow row holds back every change that takes a seq
         # (they all update this row) until the snapshot is read: nothing can commit
         # between reading ``seq`` and reading the jobs.
+        _lock_for_share(flow_id)
         flow = Flow.objects.filter(pk=flow_id).first()
         if flow is None:
             return None
-        _lock_for_share(flow_id)
-        flow.refresh_from_db()
         body = {**selectors.flow_payload_of(flow), "jobStructure": flow.job_structure}
         body["jobs"] = json.loads(selectors.flow_job_states_json(flow=flow))
         body["seq"] = flow.event_seq
