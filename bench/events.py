@@ -172,6 +172,60 @@ class Clients:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
+class WatcherProcess:
+    """``Clients`` in a process of their own, so that reading their frames does not take
+    the GIL from this process, which creates the flows being measured."""
+
+    def __init__(self, port: int, token: str, paths: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--watch", str(port), *paths],
+            env={**os.environ, "BENCH_TOKEN": token}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the watching clients did not connect")
+
+    def close(self) -> int:
+        """Disconnect the clients; return how many frames they received."""
+        self.process.stdin.close()
+        frames = self.process.stdout.read().strip()
+        self.process.wait(60)
+        return int(frames or 0)
+
+
+class HeldOpen:
+    """Keeps the listening key alive as a web process with a connection would (``flows.events``)."""
+
+    def __init__(self) -> None:
+        from flows import events
+
+        self.stopped = threading.Event()
+        time.sleep(events.open_gate())
+
+        def renew() -> None:
+            while not self.stopped.wait(events.LISTENING_RENEW_SECONDS):
+                events.open_gate()
+
+        threading.Thread(target=renew, daemon=True).start()
+
+    def close(self) -> None:
+        import redis
+        from flows import events
+
+        self.stopped.set()
+        redis.Redis.from_url(bf.REDIS_URL).delete(events._listening_key())
+
+
+def watch(port: int, paths: list[str]) -> None:
+    """The body of a ``WatcherProcess``: connect, say ready, read until stdin closes."""
+    clients = Clients(port, os.environ["BENCH_TOKEN"])
+    clients.connect(paths)
+    print("ready", flush=True)
+    sys.stdin.read()
+    frames = clients.frames()
+    clients.close()
+    print(frames, flush=True)
+
+
 # Part 1: cost ----------------------------------------------------------------------
 
 
@@ -186,7 +240,9 @@ def part_cost(user, token: str, *, repeat: int, watchers: int, log_dir: Path) ->
 
     port = free_port()
     server = start_server(port, log_dir) if watchers else None
-    modes = [("events off", "0", 0), ("events on, nobody", "1", 0)]
+    # "held open": events on and published, as if somebody listened, with no server and no
+    # client: what numbering and publishing cost the engine alone.
+    modes = [("events off", "0", 0), ("events on, nobody", "1", 0), ("events on, held open", "1", -1)]
     if watchers:
         modes.append((f"events on, {watchers} clients", "1", watchers))
     try:
@@ -198,24 +254,55 @@ def part_cost(user, token: str, *, repeat: int, watchers: int, log_dir: Path) ->
                 settings.FLOWSITE_EVENTS = events_on == "1"  # this process creates the flows
                 watching = None
                 try:
+                    if events_on == "1" and not clients:
+                        wait_until_nobody_listens()
+                    if clients < 0:
+                        watching = HeldOpen()
                     bf.warm_up(user)
-                    if clients:
-                        watching = Clients(port, token)
-                        watching.connect(["/ws/flows/"] * clients)
+                    if clients > 0:
+                        watching = WatcherProcess(port, token, ["/ws/flows/"] * clients)
                     for shape in ("A", "B2000"):
                         record(mode, shape, bf.run_tracked(shape, user))
                         if events_on == "0":
                             record("plain Celery", shape, bf.run_plain(shape))
-                    if watching is not None:
-                        log(f"  the {clients} clients received {watching.frames()} frames")
                 finally:
-                    if watching is not None:
+                    if isinstance(watching, HeldOpen):
                         watching.close()
+                    elif watching is not None:
+                        log(f"  the {clients} clients received {watching.close()} frames")
                     bf.stop_workers(workers)
     finally:
         if server is not None:
             stop_server(server)
     return rows
+
+
+def wait_until_nobody_listens(timeout: float = 60.0) -> None:
+    """Wait until the listening key of the last round's clients has expired (``flows.events``)."""
+    import redis
+    from flows import events
+
+    client = redis.Redis.from_url(bf.REDIS_URL)
+    deadline = time.monotonic() + timeout
+    while client.exists(events._listening_key()):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the listening key is still alive: is a client still connected?")
+        time.sleep(0.5)
+
+
+def render_cost_cpu(rows: dict) -> str:
+    """CPU per job by process group (medians), and the share of the machine used by everything else."""
+    groups = bf.BENCH_GROUPS
+    lines = [
+        "| mode | shape | " + " | ".join(groups) + " | other load |",
+        "|---|---|" + "---:|" * (len(groups) + 1),
+    ]
+    for mode, shapes in rows.items():
+        for shape, runs in shapes.items():
+            cells = [statistics.median(1000 * m.cpu.get(g, 0.0) / m.jobs for m in runs) for g in groups]
+            other = statistics.median(m.foreign_load or 0.0 for m in runs)
+            lines.append(f"| {mode} | {shape} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {100 * other:.0f}% |")
+    return "\n".join(lines)
 
 
 def render_cost(rows: dict) -> str:
@@ -350,6 +437,8 @@ def render_latency(results, clients: int) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--watch"]:  # a WatcherProcess
+        return watch(int(sys.argv[2]), sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["cost", "latency", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the cost part; medians are reported")
@@ -383,7 +472,9 @@ def main() -> None:
     log(f"bench DB {bf.DB_NAME}, Redis {bf.REDIS_URL}, logs in {log_dir}")
     out = []
     if args.part in ("cost", "both"):
-        out.append(render_cost(part_cost(user, token, repeat=args.repeat, watchers=args.watchers, log_dir=log_dir)))
+        rows = part_cost(user, token, repeat=args.repeat, watchers=args.watchers, log_dir=log_dir)
+        out.append(render_cost(rows))
+        out.append("CPU ms per job by process group (web processes count as other load):\n" + render_cost_cpu(rows))
     if args.part in ("latency", "both"):
         out.append(render_latency(part_latency(user, token, clients=args.clients, log_dir=log_dir), args.clients))
     bf.flush_redis()

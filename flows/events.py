@@ -22,6 +22,10 @@ Events are notifications; the database is the truth. Each event's ``data``
 carries ``seq``, the flow's event sequence number (``Flow.event_seq``), taken in
 the same transaction as the change it reports, so for one flow the numbers follow
 commit order without holes. A client that sees a gap asks for a snapshot.
+
+With nobody connected (no live connection in any web process, no second
+consumer) the engine neither numbers nor publishes events: see ``live()`` and
+"WHO IS LISTENING" below.
 """
 
 from __future__ import annotations
@@ -379,9 +383,21 @@ def flow_final_data(*, flow_id: str, status: str, result: Any, error: str, at: A
 # ------------------------------------------------------------------------------
 
 
-def enabled() -> bool:
-    """Whether live events are on (``FLOWSITE_EVENTS``); off, the engine neither numbers nor sends any."""
-    return settings.FLOWSITE_EVENTS
+def live() -> bool:
+    """Whether a change made now numbers and publishes its events.
+
+    On when events are on and somebody may hear them: embedded mode (one process,
+    nothing to ask), a second consumer (``add_sink``), or a live connection in some
+    web process (``_Gate``). With nobody connected the engine pays one cached flag
+    read per transition instead of numbering and publishing events nobody receives.
+    Read it once per transaction: the numbering and the publishing of one change
+    must agree.
+    """
+    if not settings.FLOWSITE_EVENTS:
+        return False
+    if settings.EMBEDDED or _sinks:
+        return True
+    return _gate.is_open()
 
 
 # A new flow's first event, ``flow:created``.
@@ -394,15 +410,13 @@ def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
     Must run inside the transaction of the change the events report: the flow
     row stays locked until it commits, so numbers follow commit order. Flows are
     locked in id order (no deadlock between two callers). Flows that no longer
-    exist are left out, and every flow when events are off.
+    exist are left out. The caller decides whether to number at all (``live()``).
     """
     from django.db.models import F
 
     from flows.models import Flow
 
     taken: dict[str, tuple[int, int]] = {}
-    if not enabled():
-        return taken
     for flow_id in sorted(counts):
         if Flow.objects.filter(pk=flow_id).update(event_seq=F("event_seq") + counts[flow_id]):
             seq, owner_id = Flow.objects.filter(pk=flow_id).values_list("event_seq", "owner_id").get()
@@ -422,8 +436,8 @@ def flow_created(flow: Any, jobs: list[Any]) -> None:
     from flows import selectors
     from jobs.selectors import JOB_STATE_FIELDS, job_state_payload
 
-    if not enabled():
-        return
+    if not flow.event_seq:
+        return  # created unnumbered: nobody was listening (``flows.services.flow_create``)
     row = {field: getattr(flow, field) for field in selectors.FLOW_FIELDS}
     counts = Counter(job.status for job in jobs)
     body = {**selectors.flow_payload(row, selectors.progress_from_counts(counts)), "jobStructure": flow.job_structure}
@@ -475,9 +489,10 @@ class Outbox:
 
     def __init__(self) -> None:
         self._items: list[tuple[str, FlowEvent, dict[str, Any], bool]] = []
+        self.live = live()  # once for the whole transaction
 
     def add(self, flow_id: str | None, name: FlowEvent, data: dict[str, Any], *, broadcast: bool = True) -> None:
-        if flow_id and enabled():
+        if flow_id and self.live:
             self._items.append((flow_id, name, data, broadcast))
 
     def job_updated(self, **fields: Any) -> None:
@@ -659,6 +674,133 @@ def _claim_turns(flow_ids: set[str]) -> tuple[set[str], set[str]]:
     claimed = pipe.execute()
     mine = {flow_id for flow_id, ok in zip(ordered, claimed) if ok}
     return mine, flow_ids - mine
+
+
+# WHO IS LISTENING
+# ------------------------------------------------------------------------------
+# Service mode. Web processes with live connections keep one Redis key alive
+# (``{prefix}:listening``, its value the time it was created); workers number and
+# publish events only while it exists. Its lifecycle:
+#
+# - The first connection of a web process opens it (``SET NX``, Redis's clock) and
+#   the process renews it every ``LISTENING_RENEW_SECONDS`` while it has connections;
+#   it expires ``LISTENING_TTL_MS`` after the last one leaves.
+# - A process reads the key at most every ``GATE_POLL_SECONDS`` (``_Gate``), so a
+#   change that started before the key appeared may still commit unnumbered: until
+#   ``GATE_SETTLE_SECONDS`` after the key's creation, a connection's first ``seq``
+#   (``subscribe``, ``snapshot``) waits (``Presence.settled``). Only the first
+#   client after a quiet period waits, and at most that long.
+LISTENING_TTL_MS = 15_000
+LISTENING_RENEW_SECONDS = 5.0
+GATE_POLL_SECONDS = 0.1
+GATE_SETTLE_SECONDS = 0.5
+
+# Create the key unless it exists, extend it, and return (created at, now) in ms of Redis's clock.
+_OPEN_GATE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[1], now, 'NX', 'PX', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return {tonumber(redis.call('GET', KEYS[1])), now}
+"""
+
+
+def _listening_key() -> str:
+    return f"{settings.CHANNEL_LAYERS['default']['CONFIG']['prefix']}:listening"
+
+
+class _Gate:
+    """Whether some web process has a live connection, as a cached read of the Redis key."""
+
+    def __init__(self) -> None:
+        self._open = True
+        self._until = 0.0
+
+    def is_open(self) -> bool:
+        now = time.monotonic()
+        if now >= self._until:
+            publisher = _get_publisher()
+            try:
+                self._open = bool(publisher.client.exists(_listening_key()))
+            except Exception:
+                self._open = True  # unsure: number and publish, as without the gate
+                logger.debug("Could not read the listening key", exc_info=True)
+            self._until = now + GATE_POLL_SECONDS
+        return self._open
+
+    def forget(self) -> None:
+        """Read the key again at the next transition (tests)."""
+        self._until = 0.0
+
+
+_gate = _Gate()
+
+
+def open_gate() -> float:
+    """Open or renew the listening key; return the seconds until changes surely number their events.
+
+    Sync: web processes call it through ``Presence``; a test listening on Redis
+    directly calls it as a web process would.
+    """
+    if settings.EMBEDDED:
+        return 0.0
+    publisher = _get_publisher()
+    created, now = publisher.client.eval(_OPEN_GATE_SCRIPT, 1, _listening_key(), LISTENING_TTL_MS)
+    return max(0.0, (int(created) - int(now)) / 1000 + GATE_SETTLE_SECONDS)
+
+
+class Presence:
+    """This web process's live connections, keeping the listening key alive while there are any."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._count = 0
+        self._renewer: asyncio.Task[None] | None = None
+        self._settled_at = 0.0  # loop time from which every change is numbered
+
+    async def enter(self) -> None:
+        """A connection starts listening."""
+        if settings.EMBEDDED:
+            return
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a server process has one loop; tests start one per test
+            self._loop, self._count, self._renewer, self._settled_at = loop, 0, None, 0.0
+        self._count += 1
+        if self._renewer is None or self._renewer.done():
+            await self._open()
+            self._renewer = asyncio.create_task(self._renew())
+
+    def leave(self) -> None:
+        """A connection stopped listening."""
+        if settings.EMBEDDED:
+            return
+        self._count = max(0, self._count - 1)
+        if not self._count and self._renewer is not None:
+            self._renewer.cancel()  # the key expires unless another process renews it
+            self._renewer = None
+
+    async def settled(self) -> None:
+        """Return once every change is numbered and published (see the note above)."""
+        delay = self._settled_at - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            wait = await asyncio.to_thread(open_gate)
+        except Exception:
+            logger.warning("Could not open the listening key; events may be missing until it opens", exc_info=True)
+            return
+        self._settled_at = max(self._settled_at, loop.time() + wait)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(LISTENING_RENEW_SECONDS)
+            await self._open()
+
+
+presence = Presence()
 
 
 # SNAPSHOT

@@ -53,7 +53,7 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
             root_job_id=plan.root_job_id,
             status=FlowStatus.PENDING,
             total_jobs=len(plan.jobs),
-            event_seq=events.FIRST_SEQ if events.enabled() else 0,
+            event_seq=events.FIRST_SEQ if events.live() else 0,
         )
         Job.objects.bulk_create(plan.jobs, batch_size=BULK_BATCH_SIZE)
         events.flow_created(flow, plan.jobs)

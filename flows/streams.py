@@ -301,6 +301,7 @@ class LiveConnection:
         self.channel_name = channel_name
         self.stream = EventStream(send, send_text=send_text)
         self.groups: set[str] = set()
+        self.present = False  # counted in ``events.presence``: workers publish while it is
 
     async def watch_all(self) -> None:
         """Hear every flow the user may see: their own, and for staff every flow."""
@@ -337,6 +338,7 @@ class LiveConnection:
         if await visible_flow_seq(self.user, flow_id) is None:
             raise ActionError("Flow not found.", action=ClientAction.SUBSCRIBE, flow_id=flow_id)
         await self._join(events.flow_group(flow_id))
+        await events.presence.settled()
         # Read again after joining: every change numbered after this reaches the group.
         seq = await visible_flow_seq(self.user, flow_id)
         if seq is None:  # deleted meanwhile
@@ -354,6 +356,8 @@ class LiveConnection:
 
     async def snapshot(self, flow_id: str) -> dict[str, Any]:
         """The flow as the REST API shows it, with jobs and its current ``seq``."""
+        await self._enter()
+        await events.presence.settled()
         body = await visible_flow_snapshot(self.user, flow_id)
         if body is None:
             raise ActionError("Flow not found.", action=ClientAction.SNAPSHOT, flow_id=flow_id)
@@ -367,13 +371,22 @@ class LiveConnection:
     async def close(self) -> None:
         """Leave every group and stop the stream's timer."""
         await self.stream.close()
+        if self.present:
+            self.present = False
+            events.presence.leave()
         groups, self.groups = self.groups, set()
         for group in groups:
             await self.layer.group_discard(group, self.channel_name)
 
     async def _join(self, group: str) -> None:
+        await self._enter()
         await self.layer.group_add(group, self.channel_name)
         self.groups.add(group)
+
+    async def _enter(self) -> None:
+        if not self.present:
+            self.present = True
+            await events.presence.enter()
 
 
 def _text(value: Any) -> str | None:

@@ -135,7 +135,7 @@ _START_UPDATE = (
 # Elsewhere than PostgreSQL: the start alone; its event number is taken in the same transaction.
 _START_PLAIN_SQL = _START_UPDATE.format(relaxed="")
 # PostgreSQL: the start and its event number (``flows.events``) in one statement. The
-# number is taken only with live events on (the first parameter, ``FLOWSITE_EVENTS``).
+# number is taken only while events are live (the parameter before the flow id, ``events.live()``).
 _START_SQL = (
     "WITH {with_relaxed}started AS (" + _START_UPDATE + "), "
     f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
@@ -214,8 +214,9 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
         child_count=row[7],
         failure_policy=row[8],
     )
-    if row[9] is not None:
-        _send(_job_event(job, JobStatus.ACTIVE, seq=row[9], owner_id=row[10]))
+    if job.flow_id:
+        if row[9] is not None:
+            _send(_job_event(job, JobStatus.ACTIVE, seq=row[9], owner_id=row[10]))
         flow_status.flow_mark_running(flow_id=job.flow_id)
     return job
 
@@ -224,10 +225,10 @@ def _start_row(job_id: str) -> tuple | None:
     """The start statement; the row it returns ends with the event number and the flow's owner."""
     params = [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE]
     if connection.vendor == "postgresql":
-        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.enabled()])
+        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.live()])
     with transaction.atomic():
         row = _fetch_one(_START_PLAIN_SQL, params)
-        if row is None or row[4] is None:
+        if row is None or row[4] is None or not events.live():
             return row and (*row, None, None)
         seq, owner_id = events.take_seqs({row[4]: 1}).get(row[4], (None, None))
         return (*row, seq, owner_id)
@@ -337,7 +338,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
             [
                 JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
-                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, events.enabled(), job.flow_id,
+                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, events.live(), job.flow_id,
             ],
         )
         if relax:
@@ -361,7 +362,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
                     return False
             if job.parent_id:
                 ready = _release_parent(job.parent_id)
-            if job.flow_id:
+            if job.flow_id and events.live():
                 seq, owner_id = events.take_seqs({job.flow_id: 1}).get(job.flow_id, (None, None))
                 if seq is not None:
                     _send(_job_event(job, JobStatus.COMPLETED, seq=seq, owner_id=owner_id, result=result))
@@ -374,9 +375,10 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
 
 def settle_flow(*, flow_id: str) -> str | None:
     """``flows.status.flow_settle``, with its ``flow:completed``/``flow:failed`` event."""
+    numbered = events.live()
     with transaction.atomic():
-        status = flow_status.flow_settle(flow_id=flow_id, numbered=events.enabled())
-        if status is not None and events.enabled():
+        status = flow_status.flow_settle(flow_id=flow_id, numbered=numbered)
+        if status is not None and numbered:
             events.flow_settled(flow_id)
     return status
 

@@ -6,6 +6,8 @@ A real Redis subscriber listens where the web processes' channel layers listen
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -39,6 +41,15 @@ class Listener:
         self.pubsub = redis.Redis.from_url(config["hosts"][0]).pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(*(f"{self.prefix}__group__{group}" for group in groups))
         self.received: list[dict] = []
+        # Keep the listening key alive as a web process with a connection does
+        # (``events.Presence``), and wait as its first connection would.
+        self.stopped = threading.Event()
+        time.sleep(events.open_gate())
+        threading.Thread(target=self._renew, daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self.stopped.wait(events.LISTENING_RENEW_SECONDS):
+            events.open_gate()
 
     def drain(self) -> list[dict]:
         while (message := self.pubsub.get_message(timeout=0.01)) is not None:
@@ -54,6 +65,7 @@ class Listener:
         return self.of_flow(flow_id)
 
     def close(self) -> None:
+        self.stopped.set()
         self.pubsub.close()
 
 
@@ -244,6 +256,8 @@ def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, mon
                                                  flowname="quiet"))
     child = flow.jobs.get(parent__isnull=False)
     started = job_start(job_id=child.pk)
+    flow.refresh_from_db()
+    assert flow.status == FlowStatus.RUNNING  # unnumbered, the start still moves the flow
     assert started is not None and job_complete(job=started, result=1)
     flow.refresh_from_db()
     assert flow.event_seq == 0
@@ -252,6 +266,31 @@ def test_with_events_off_nothing_is_numbered_or_sent(user, listen, settings, mon
     ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.CANCELLED))
     assert ordered[0]["data"]["seq"] == 1
     assert not any(m["event"] == FlowEvent.CREATED for m in ordered)
+
+
+def test_with_nobody_listening_nothing_is_numbered_until_somebody_listens(user, listen):
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    client = redis.Redis.from_url(config["hosts"][0])
+    client.delete(events._listening_key())  # no web process here has a connection
+    events._gate.forget()
+    raw = client.pubsub(ignore_subscribe_messages=True)  # hears without holding the key open
+    raw.subscribe(f"{config['prefix']}__group__{events.user_group(user.pk)}")
+    spec = flow_of(leaf("test-sum", children=[leaf("test-value", data={"value": 2})]), flowname="unheard")
+    quiet = wait_for_flow(flow_create(owner=user, spec=spec), timeout=15)
+    assert quiet.status == FlowStatus.COMPLETED
+    assert quiet.event_seq == 0
+    assert raw.get_message(timeout=0.5) is None
+    raw.close()
+
+    owner = listen(events.user_group(user.pk))  # a connection: the key opens, workers number again
+    heard = wait_for_flow(flow_create(owner=user, spec=spec), timeout=15)
+    ordered = by_seq(owner.wait_for_event(heard.pk, FlowEvent.COMPLETED))
+    assert [m["event"] for m in ordered][0] == FlowEvent.CREATED
+    assert_numbered_without_holes(ordered)
+    flow_delete(flow=quiet)
+    deleted = owner.wait_for_event(quiet.pk, FlowEvent.DELETED)
+    assert_numbered_without_holes(deleted)
+    assert deleted[0]["data"]["seq"] == 1
 
 
 def test_a_retried_attempt_and_an_attached_job_have_their_events(user, listen):

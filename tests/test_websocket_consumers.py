@@ -329,3 +329,48 @@ async def test_a_gap_that_never_fills_is_delivered_after_the_hold(sockets, alice
     started = loop.time()
     assert (await receive(socket))["data"]["seq"] == 3
     assert loop.time() - started >= 0.2  # held for the missing event, then let go
+
+
+# WHO IS LISTENING
+# ------------------------------------------------------------------------------
+
+
+def listening_key_ttl_ms() -> int:
+    import redis
+    from django.conf import settings
+
+    return redis.Redis.from_url(settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]).pttl(events._listening_key())
+
+
+def forget_listeners() -> None:
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]).delete(events._listening_key())
+    events._gate.forget()
+
+
+async def test_a_connection_opens_the_listening_key_and_its_first_seq_waits_until_every_change_is_numbered(
+    sockets, alice, flow
+):
+    await asyncio.to_thread(forget_listeners)
+    assert not await asyncio.to_thread(events.live)  # nobody connected: the engine numbers nothing
+    socket = await sockets("/ws/flows/", token=alice.token)
+    assert 0 < await asyncio.to_thread(listening_key_ttl_ms) <= events.LISTENING_TTL_MS
+    events._gate.forget()
+    assert await asyncio.to_thread(events.live)
+    settled_at = events.presence._settled_at
+    assert settled_at > 0  # the key was new: changes in flight elsewhere may still be unnumbered
+    reply = await action(socket, action="subscribe", flowId=flow.pk)
+    assert reply["event"] == ClientEvent.SUBSCRIBED
+    assert asyncio.get_running_loop().time() >= settled_at  # the seq was read once every process numbers
+
+
+async def test_the_last_connection_to_leave_stops_renewing_the_key(sockets, alice, flow):
+    first = await sockets("/ws/flows/", token=alice.token)
+    second = await sockets(f"/ws/flows/{flow.pk}/", token=alice.token)
+    assert events.presence._count == 2
+    await first.disconnect()
+    assert events.presence._count == 1 and events.presence._renewer is not None
+    await second.disconnect()
+    assert events.presence._count == 0 and events.presence._renewer is None
