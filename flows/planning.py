@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.specs import JobSpec
+from django.utils import timezone
+
+from jobs.dispatch import redispatch_at
 from jobs.models import Job, new_job_id
 from jobs.vocabulary import JobStatus
 
@@ -53,6 +56,7 @@ def plan_flow(*, flow_id: str, flowname: str, owner_id: int, root: JobSpec) -> F
     queue: deque[tuple[JobSpec, str, str | None, int, dict[str, Any]]] = deque(
         [(root, root_id, None, 0, structure)]
     )
+    now = timezone.now()
     while queue:
         spec, job_id, parent_id, position, node = queue.popleft()
         data = {
@@ -83,6 +87,7 @@ def plan_flow(*, flow_id: str, flowname: str, owner_id: int, root: JobSpec) -> F
             position=position,
             child_count=len(spec.children),
             pending_children=len(spec.children),
+            redispatch_at=None if spec.children else redispatch_at(spec.options.delay_ms, now=now),
         )
         jobs.append(job)
         if not spec.children:

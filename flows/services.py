@@ -17,7 +17,7 @@ from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
 from jobs.models import Job
-from jobs.dispatch import JobRef, enqueue_jobs, revoke_jobs
+from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.services import lock_jobs
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
@@ -58,7 +58,9 @@ def flow_create(*, owner: AbstractBaseUser, spec: Any) -> Flow:
         Job.objects.bulk_create(plan.jobs, batch_size=BULK_BATCH_SIZE)
         events.flow_created(flow, plan.jobs)
         refs = [JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts) for job in plan.leaves]
-        transaction.on_commit(lambda: enqueue_jobs(refs))
+        # ``published`` says whether the broker took the messages (False: the sweep sends them later).
+        flow.published = None
+        transaction.on_commit(lambda: setattr(flow, "published", enqueue_jobs(refs)))
     return flow
 
 
@@ -180,7 +182,7 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
                 status=JobStatus.WAITING_CHILDREN, pending_children=pending, **_RESET
             )
         Job.objects.filter(pk__in=causes, status=JobStatus.FAILED).update(
-            status=JobStatus.WAITING, attempts_made=0, **_RESET
+            status=JobStatus.WAITING, attempts_made=0, redispatch_at=redispatch_at(), **_RESET
         )
         counts, ignored = flow_status.flow_job_counts(flow_id=flow.pk)
         if flow_status.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:

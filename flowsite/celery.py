@@ -1,4 +1,9 @@
-"""The Celery application. Workers start with ``celery -A flowsite worker -Q <queues>``."""
+"""The Celery application.
+
+Workers start with ``celery -A flowsite worker -Q <queues>``; the sweeps of
+``jobs.sweeps`` are scheduled by ``celery -A flowsite beat`` (the default
+scheduler: the schedule is fixed, nothing to store in a database).
+"""
 
 import os
 
@@ -12,3 +17,17 @@ TRANSPORT_ALIASES.setdefault("flowsitefs", "flowsite.broker:Transport")
 app = Celery("flowsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _schedule_sweeps(sender: Celery, **kwargs) -> None:
+    from django.conf import settings
+
+    from jobs.vocabulary import SWEEP_QUEUE, SWEEP_TASK
+
+    interval = settings.FLOWSITE_SWEEP_INTERVAL
+    sender.add_periodic_task(
+        interval,
+        sender.signature(SWEEP_TASK, options={"queue": SWEEP_QUEUE, "routing_key": SWEEP_QUEUE, "expires": interval}),
+        name="flowsite sweep: lost runs and stranded jobs",
+    )

@@ -29,20 +29,59 @@ class _EmbeddedWorkController(WorkController):
         self.ready.set()
 
 
+class _Sweeper:
+    """Runs the sweeps of ``jobs.sweeps`` every ``FLOWSITE_SWEEP_INTERVAL`` (Celery beat's part in service mode)."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="flowsite-sweeps", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from django.db import connections
+
+        from jobs.sweeps import sweep
+
+        while not self.stopped.wait(settings.FLOWSITE_SWEEP_INTERVAL):
+            try:
+                sweep()
+            except Exception:
+                logger.warning("The sweep failed; it runs again in %s s", settings.FLOWSITE_SWEEP_INTERVAL,
+                               exc_info=True)
+            finally:
+                connections.close_all()
+
+    def stop(self, timeout: float) -> None:
+        self.stopped.set()
+        self.thread.join(timeout)
+
+
 @dataclass
 class EmbeddedWorker:
     controller: _EmbeddedWorkController
     thread: threading.Thread
+    sweeper: _Sweeper
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking jobs and wait for the running ones to finish."""
+        from jobs import liveness
+
+        self.sweeper.stop(timeout)
         self.controller.stop(in_sighandler=False, exitcode=0)
         self.thread.join(timeout)
+        try:
+            liveness.stop_heartbeat()
+        except Exception:
+            logger.debug("Could not remove the embedded worker's heartbeat", exc_info=True)
 
 
 def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int | None = None) -> EmbeddedWorker:
-    """Start a Celery worker thread consuming ``queues`` (default: all allowed queues)."""
+    """Start a Celery worker thread consuming ``queues`` (default: all allowed queues), and the sweeps."""
+    from jobs import liveness
+
     queues = queues or list(settings.FLOWSITE_QUEUES)
+    liveness.set_queues(queues)
+    liveness.this_worker()
     controller = _EmbeddedWorkController(
         app=app,
         hostname=f"embedded-{threading.get_native_id()}@flowsite",
@@ -59,4 +98,4 @@ def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int |
     if not controller.ready.wait(30):
         raise RuntimeError("The embedded Celery worker did not start within 30 s")
     logger.debug("Embedded worker consuming %s", ", ".join(queues))
-    return EmbeddedWorker(controller=controller, thread=thread)
+    return EmbeddedWorker(controller=controller, thread=thread, sweeper=_Sweeper())

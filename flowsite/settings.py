@@ -251,9 +251,9 @@ else:
     CELERY_BROKER_URL = REDIS_URL
     CELERY_RESULT_BACKEND = REDIS_URL
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        # A job still active when its message comes back after this long counts as a lost
-        # run (jobs.transitions.job_start): keep it longer than any job runs.
-        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600, minimum=60),
+        # An unacknowledged message comes back after this long. A job whose run is alive
+        # ignores it (jobs.liveness); runs of a dead worker are found sooner by the sweep.
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 12 * 3600, minimum=1),
         "queue_order_strategy": "priority",
         "priority_steps": list(range(10)),
     }
@@ -306,6 +306,20 @@ FLOWSITE_EXAMPLE_WORK_MS = env_int("FLOWSITE_EXAMPLE_WORK_MS", 300)
 FLOWSITE_EVENTS = env_bool("FLOWSITE_EVENTS", True)
 # Threads of the worker that runs inside the server in embedded mode.
 FLOWSITE_EMBEDDED_CONCURRENCY = env_int("FLOWSITE_EMBEDDED_CONCURRENCY", 4, minimum=1)
+# No stranded jobs (``jobs.liveness``, ``jobs.sweeps``). Every worker process renews its
+# heartbeat every HEARTBEAT seconds; a run whose worker has been silent STALLED_AFTER
+# seconds is lost (a failed attempt); a waiting or due job that has not started
+# REDISPATCH_AFTER seconds after its message was published is published again. The
+# sweeps run every SWEEP_INTERVAL seconds (Celery beat; a thread in embedded mode).
+FLOWSITE_HEARTBEAT_SECONDS = env_int("FLOWSITE_HEARTBEAT_SECONDS", 5, minimum=1)
+FLOWSITE_STALLED_AFTER = env_int("FLOWSITE_STALLED_AFTER", 30, minimum=2)
+FLOWSITE_REDISPATCH_AFTER = env_int("FLOWSITE_REDISPATCH_AFTER", 30, minimum=1)
+FLOWSITE_SWEEP_INTERVAL = env_int("FLOWSITE_SWEEP_INTERVAL", 5, minimum=1)
+if FLOWSITE_HEARTBEAT_SECONDS * 2 > FLOWSITE_STALLED_AFTER:
+    raise ImproperlyConfigured(
+        "FLOWSITE_STALLED_AFTER must be at least twice FLOWSITE_HEARTBEAT_SECONDS, "
+        "or a live worker could be taken for a dead one between two heartbeats."
+    )
 
 # REST FRAMEWORK
 # ------------------------------------------------------------------------------

@@ -6,12 +6,19 @@ the task that runs them (``jobs.tasks``, on top of the engine).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
 
 from flowsite.celery import app
 from jobs.options import JobOptions
+
+logger = logging.getLogger(__name__)
 
 # The one Celery task that runs every job (``jobs.tasks.run``).
 RUN_TASK = "jobs.run"
@@ -26,13 +33,39 @@ class JobRef:
     opts: dict[str, Any]
 
 
-def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> None:
+def redispatch_at(delay_ms: int | None = None, *, now: datetime | None = None) -> datetime:
+    """When the sweep publishes a job again that was published now (``jobs.sweeps``).
+
+    Store it with every status change that publishes the job: ``FLOWSITE_REDISPATCH_AFTER``
+    after the job is due.
+    """
+    return (now or timezone.now()) + timedelta(milliseconds=delay_ms or 0, seconds=settings.FLOWSITE_REDISPATCH_AFTER)
+
+
+def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> bool:
     """Publish one ``jobs.run`` message per job, on the job's own queue, in one batch.
 
     Call it from ``transaction.on_commit`` only, so a worker never looks for a row
     that is not committed yet. ``delay_ms`` overrides the jobs' ``delay`` option
     (retries use it for their backoff).
+
+    Never raises: the change that made the jobs due is committed, and a broker that
+    cannot be reached must not turn it into an error. The failure is logged and
+    False returned; the sweep publishes the jobs later (``redispatch_at``).
     """
+    refs = list(refs)
+    try:
+        _publish(refs, delay_ms=delay_ms)
+    except Exception:
+        logger.warning(
+            "Could not publish %d job message(s) (%s); the sweep will publish them again",
+            len(refs), ", ".join(ref.id for ref in refs[:5]) + (", ..." if len(refs) > 5 else ""), exc_info=True,
+        )
+        return False
+    return True
+
+
+def _publish(refs: list[JobRef], *, delay_ms: int | None) -> None:
     # ``batch()`` pipelines the messages into one round trip on Redis (kombu >= 5.7);
     # other transports publish each message at once.
     with app.producer_or_acquire() as producer, producer.batch():

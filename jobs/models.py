@@ -54,6 +54,12 @@ class Job(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The worker process that started the current run (``jobs.liveness``), written by the
+    # start statement itself. Empty for a job made active by an external report.
+    worker_id = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    # When the sweep publishes this job's message again if it is still ``waiting`` or
+    # ``delayed`` (``jobs.sweeps``): set with every status change that publishes it.
+    redispatch_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Set only on jobs migrated from the legacy service: the BullMQ job id ("FlowJob"."jobId"),
     # kept so that old logs and references can still be traced to the migrated job.
     legacy_id = models.CharField(max_length=255, null=True, blank=True, editable=False)
@@ -87,11 +93,33 @@ class JobLog(models.Model):
 
 
 class QueueState(models.Model):
-    """A queue that operators paused. Jobs of a paused queue wait (as ``paused``) until it resumes."""
+    """A queue's state: paused by operators (its jobs wait as ``paused``), and the sweeps' counters."""
 
     name = models.CharField(primary_key=True, max_length=200)
     paused = models.BooleanField(default=False)
     updated_at = models.DateTimeField(auto_now=True)
+    # Counted by the sweeps (``jobs.sweeps``): runs found lost, messages published again.
+    stalled_total = models.PositiveBigIntegerField(default=0)
+    redispatched_total = models.PositiveBigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"{self.name} ({'paused' if self.paused else 'running'})"
+
+
+class Worker(models.Model):
+    """A process that runs jobs, as its heartbeat shows it (``jobs.liveness``).
+
+    Each Celery pool process, and the embedded worker, writes its row when it starts
+    and renews ``last_seen_at`` every ``FLOWSITE_HEARTBEAT_SECONDS``. A run whose
+    worker has not been seen for ``FLOWSITE_STALLED_AFTER`` seconds is lost.
+    """
+
+    id = models.CharField(primary_key=True, max_length=255)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    queues = models.JSONField(default=list, blank=True)
+    started_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.id

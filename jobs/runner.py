@@ -28,7 +28,7 @@ class UnknownHandler(LookupError):
     """The job names a handler that this worker does not have."""
 
 
-def run_job(*, job_id: str, redelivered: bool = False) -> None:
+def run_job(*, job_id: str, redelivered: bool = False, lost_on: str | None = None) -> None:
     """Run one job: ``active``, then ``completed``, ``delayed`` (retry) or ``failed``.
 
     A job that cannot start (finished, running elsewhere, cancelled, gone)
@@ -36,7 +36,7 @@ def run_job(*, job_id: str, redelivered: bool = False) -> None:
     redelivered message of a job still ``active`` means its run was lost
     (see ``transitions.job_start``).
     """
-    job = transitions.job_start(job_id=job_id, redelivered=redelivered)
+    job = transitions.job_start(job_id=job_id, redelivered=redelivered, lost_on=lost_on)
     if job is None:
         logger.info("Job %s is not startable; delivery ignored", job_id)
         return

@@ -18,7 +18,7 @@ from flows import events
 from flows import status as flow_status
 from flows.models import Flow
 from flows.planning import flow_metadata
-from jobs.dispatch import JobRef, enqueue_jobs, revoke_jobs
+from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, QueueState
 from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress, settle_flow
@@ -78,6 +78,7 @@ def job_submit(
             status=JobStatus.DELAYED if options.delay_ms else JobStatus.WAITING,
             max_attempts=options.attempts,
             failure_policy=options.failure_policy,
+            redispatch_at=redispatch_at(options.delay_ms),
         )
         if flow is not None:
             Flow.objects.filter(pk=flow.pk).update(total_jobs=F("total_jobs") + 1, updated_at=timezone.now())
@@ -100,7 +101,9 @@ def jobs_requeue_interrupted() -> int:
     messages in the on-disk broker and are not enqueued twice.
     """
     with transaction.atomic():
-        interrupted = _move_jobs(Job.objects.filter(status=JobStatus.ACTIVE), JobStatus.ACTIVE, JobStatus.WAITING)
+        interrupted = _move_jobs(
+            Job.objects.filter(status=JobStatus.ACTIVE), JobStatus.ACTIVE, JobStatus.WAITING, redispatch_at=redispatch_at()
+        )
         refs = [JobRef(id=row["id"], queue_name=row["queue_name"], opts=row["opts"]) for row in interrupted]
         transaction.on_commit(lambda: enqueue_jobs(refs))
     return len(refs)
@@ -162,7 +165,7 @@ def queue_resume(*, name: str) -> int:
     with transaction.atomic():
         QueueState.objects.update_or_create(name=name, defaults={"paused": False})
         paused = Job.objects.filter(queue_name=name, status=JobStatus.PAUSED)
-        resumed = _move_jobs(paused, JobStatus.PAUSED, JobStatus.WAITING)
+        resumed = _move_jobs(paused, JobStatus.PAUSED, JobStatus.WAITING, redispatch_at=redispatch_at())
         refs = [JobRef(id=row["id"], queue_name=name, opts=row["opts"]) for row in resumed]
         transaction.on_commit(lambda: enqueue_jobs(refs, delay_ms=0))
     return len(refs)
@@ -220,7 +223,7 @@ def job_retry_standalone(*, job: Job) -> Job:
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
             status=JobStatus.WAITING, attempts_made=0, error="", error_type="", stacktrace="",
-            result=None, started_at=None, finished_at=None,
+            result=None, started_at=None, finished_at=None, redispatch_at=redispatch_at(),
         )
         if not changed:
             job.refresh_from_db(fields=["status"])
@@ -232,10 +235,10 @@ def job_retry_standalone(*, job: Job) -> Job:
     return job
 
 
-def _move_jobs(jobs, source: str, target: str) -> list[dict[str, Any]]:
+def _move_jobs(jobs, source: str, target: str, **fields: Any) -> list[dict[str, Any]]:
     """Move these jobs ``source -> target`` (inside a transaction), with their events; return their rows."""
     rows = list(jobs.values("id", "flow_id", "name", "queue_name", "attempts_made", "opts"))
-    Job.objects.filter(pk__in=[row["id"] for row in rows], status=source).update(status=target)
+    Job.objects.filter(pk__in=[row["id"] for row in rows], status=source).update(status=target, **fields)
     outbox = events.Outbox()
     for row in rows:
         outbox.job_updated(

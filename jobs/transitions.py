@@ -15,6 +15,7 @@ cancel, delete, retry, queues) are in ``jobs.services``.
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,8 @@ from flows import events
 from flows import status as flow_status
 from flows.models import Flow
 from flowsite.db import load_json, prepared_cursor
-from jobs.dispatch import JobRef, enqueue_jobs
+from jobs import liveness
+from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at
 from jobs.exceptions import JobLostError
 from jobs.models import Job, JobLog, QueueState
 from jobs.options import JobOptions
@@ -38,6 +40,8 @@ from jobs.vocabulary import (
     FlowEvent,
     JobStatus,
 )
+
+logger = logging.getLogger(__name__)
 
 JOB_TABLE = Job._meta.db_table
 FLOW_TABLE = Flow._meta.db_table
@@ -128,7 +132,7 @@ _IS_RELAXED = "EXISTS (SELECT 1 FROM relaxed)"
 
 _START_COLUMNS = "name, queue_name, data, opts, flow_id, parent_id, attempts_made, child_count, failure_policy"
 _START_UPDATE = (
-    f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s "
+    f"UPDATE {JOB_TABLE} SET status = %s, attempts_made = attempts_made + 1, started_at = %s, worker_id = %s "
     f"WHERE id = %s AND status IN ({_STARTABLE_SQL}) AND NOT {_QUEUE_PAUSED_SQL} {{relaxed}}"
     f"RETURNING {_START_COLUMNS}"
 )
@@ -150,7 +154,8 @@ _COMPLETE_SQL = (
     f"{{with_relaxed}}done AS (UPDATE {JOB_TABLE} SET status = %s, result = %s::jsonb, finished_at = %s "
     "WHERE id = %s AND status = %s {relaxed}RETURNING id), "
     f"parent AS (UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
-    "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+    "status = CASE WHEN pending_children = 1 THEN %s ELSE status END, "
+    "redispatch_at = CASE WHEN pending_children = 1 THEN %s ELSE redispatch_at END "
     "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
     "RETURNING status, queue_name, opts), "
     f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
@@ -176,7 +181,7 @@ def _wait_for_flush() -> None:
     _fetch_one("SELECT pg_current_xact_id()", [])
 
 
-def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
+def job_start(*, job_id: str, redelivered: bool = False, lost_on: str | None = None) -> StartedJob | None:
     """Move a job ``waiting|delayed -> active``, counting the attempt.
 
     Returns ``None`` (and changes nothing) when the job is not startable: already
@@ -184,10 +189,15 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
     job's flow ``running`` the first time one of its jobs starts.
 
     ``redelivered``: this message was given out before and its run did not finish
-    (see ``jobs.tasks.run``). If the job is still ``active``, that run was lost (its
-    worker died, or lost the database), so the attempt is recorded as failed, like
-    any failure: retried after its backoff while attempts remain, else failed for
-    good. This relies on the broker's visibility timeout being longer than any job runs.
+    (see ``jobs.tasks.run``). If the job is still ``active`` and the worker that
+    runs it is dead (``jobs.liveness``), that run was lost, and the attempt is
+    recorded as failed (``fail_lost_run``). A run whose worker is alive is left
+    alone: the message came back because the broker's visibility timeout ran out,
+    or was published twice, not because the run ended.
+
+    ``lost_on``: the worker that handled this message before knows that its run
+    ended unfinished (it lost the database mid-run and sent the message again): a
+    run of that worker still ``active`` is lost whatever its heartbeat says.
     """
     for _ in range(3):
         row = _start_row(job_id)
@@ -195,7 +205,7 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
             break
         if _park_if_paused(job_id):
             return None
-        if redelivered and _fail_lost_run(job_id):
+        if (redelivered or lost_on) and fail_lost_run(job_id=job_id, lost_on=lost_on):
             return None
         if not _is_startable(job_id):
             return None
@@ -223,7 +233,7 @@ def job_start(*, job_id: str, redelivered: bool = False) -> StartedJob | None:
 
 def _start_row(job_id: str) -> tuple | None:
     """The start statement; the row it returns ends with the event number and the flow's owner."""
-    params = [JobStatus.ACTIVE, timezone.now(), job_id, *_STARTABLE]
+    params = [JobStatus.ACTIVE, timezone.now(), liveness.this_worker(), job_id, *_STARTABLE]
     if connection.vendor == "postgresql":
         return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.live()])
     with transaction.atomic():
@@ -248,19 +258,29 @@ def _send(*built: events.Event) -> None:
     transaction.on_commit(lambda: events.publish(built))
 
 
-def _fail_lost_run(job_id: str) -> bool:
-    """Record a lost run of an ``active`` job as a failed attempt; False if it is not active."""
+def fail_lost_run(*, job_id: str, run: tuple[str | None, int] | None = None, lost_on: str | None = None) -> bool:
+    """Record the run of an ``active`` job as lost, if its worker is dead: a failed attempt.
+
+    Retried after its backoff while attempts remain, else failed with its failure
+    policy, like any failure. False, and nothing changed, if the job is not active,
+    if its worker is alive (``jobs.liveness``), or if ``run`` (worker id, attempt)
+    is given and the job's current run is another one. ``lost_on``: a worker known
+    to have lost its run of this job, alive or not.
+    """
     job = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).first()
-    if job is None:
+    if job is None or (run is not None and (job.worker_id, job.attempts_made) != run):
+        return False
+    if not (lost_on and job.worker_id == lost_on) and liveness.is_alive(job.worker_id):
         return False
     started = StartedJob.from_job(job)
     error = JobLostError(
         f"Attempt {job.attempts_made} of this job was lost before it finished "
-        "(its worker process died, or lost the database)."
+        f"(its worker process {job.worker_id} died or stopped answering)."
     )
+    logger.warning("Job %s (%s): %s", job.name, job_id, error)
     job_log(job_id=job_id, message=str(error))
     retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)
-    return job_fail(job=started, exc=error, retry_delay_ms=retry)
+    return job_fail(job=started, exc=error, retry_delay_ms=retry, attempt=job.attempts_made)
 
 
 def job_children_outcomes(*, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -311,10 +331,11 @@ def _release_parent(parent_id: str) -> JobRef | None:
     """
     row = _fetch_one(
         f"UPDATE {JOB_TABLE} SET pending_children = pending_children - 1, "
-        "status = CASE WHEN pending_children = 1 THEN %s ELSE status END "
+        "status = CASE WHEN pending_children = 1 THEN %s ELSE status END, "
+        "redispatch_at = CASE WHEN pending_children = 1 THEN %s ELSE redispatch_at END "
         "WHERE id = %s AND status = %s AND pending_children > 0 "
         "RETURNING status, queue_name, opts",
-        [JobStatus.WAITING, parent_id, JobStatus.WAITING_CHILDREN],
+        [JobStatus.WAITING, redispatch_at(), parent_id, JobStatus.WAITING_CHILDREN],
     )
     if row is None or row[0] != JobStatus.WAITING:
         return None
@@ -338,7 +359,8 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
             [
                 JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
-                JobStatus.WAITING, job.parent_id, JobStatus.WAITING_CHILDREN, events.live(), job.flow_id,
+                JobStatus.WAITING, redispatch_at(now=now), job.parent_id, JobStatus.WAITING_CHILDREN, events.live(),
+                job.flow_id,
             ],
         )
         if relax:
@@ -383,7 +405,7 @@ def settle_flow(*, flow_id: str) -> str | None:
     return status
 
 
-def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None) -> bool:
+def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None, attempt: int | None = None) -> bool:
     """Record a failed attempt: ``active -> delayed`` (retry) or ``active -> failed``.
 
     ``retry_delay_ms`` is ``None`` when no attempt is left. A final failure then
@@ -398,10 +420,12 @@ def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None)
         "stacktrace": "".join(traceback.format_exception(exc))[-20_000:],
     }
     active = Job.objects.filter(pk=job.id, status=JobStatus.ACTIVE)
+    if attempt is not None:  # only that attempt's run
+        active = active.filter(attempts_made=attempt)
     outbox = events.Outbox()
     with transaction.atomic():
         if retry_delay_ms is not None:
-            if not active.update(status=JobStatus.DELAYED, **fields):
+            if not active.update(status=JobStatus.DELAYED, redispatch_at=redispatch_at(retry_delay_ms), **fields):
                 return False
             _add_job_event(outbox, job, JobStatus.DELAYED, error=message)
             outbox.close()

@@ -129,3 +129,9 @@ class ClientAction(models.TextChoices):
     UNSUBSCRIBE = "unsubscribe"
     SNAPSHOT = "snapshot"
     PING = "ping"
+
+# The system queue of the periodic sweeps (``jobs.sweeps``): every worker consumes it
+# besides the queues it was started with, so a sweep never waits behind jobs.
+SWEEP_QUEUE = "flowsite.sweeps"
+# The periodic sweep's Celery task (``jobs.tasks.sweep``), sent by beat to ``SWEEP_QUEUE``.
+SWEEP_TASK = "jobs.sweep"

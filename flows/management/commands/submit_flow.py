@@ -60,6 +60,12 @@ class Command(BaseCommand):
                 raise CommandError("The flow was not created.", returncode=EXIT_INVALID) from None
             self.stdout.write(flow.id)
             self.stdout.flush()
+            if flow.published is False:
+                self.stderr.write(self.style.WARNING(
+                    f"Warning: flow {flow.id} is saved, but the broker could not be reached to publish its jobs. "
+                    f"They will be published by the sweep (within about {settings.FLOWSITE_REDISPATCH_AFTER} s "
+                    "once the broker is back, if celery beat and a worker are running)."
+                ))
             if not wait:
                 return
             flow = self._follow(flow, timeout)

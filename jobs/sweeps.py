@@ -1,0 +1,153 @@
+"""The sweeps that leave no job stranded, run every ``FLOWSITE_SWEEP_INTERVAL`` seconds.
+
+- **Lost runs.** An ``active`` job whose worker has been silent for
+  ``FLOWSITE_STALLED_AFTER`` seconds (``jobs.liveness``) is recorded as a failed
+  attempt (``JobLostError``): retried after its backoff while attempts remain,
+  else failed with its failure policy, as any failure.
+- **Dispatch.** The job rows are the outbox. A ``waiting`` job, or a ``delayed``
+  one whose time has come, that has not started by its ``redispatch_at`` (set to
+  ``FLOWSITE_REDISPATCH_AFTER`` after it became due, with every change that
+  publishes it) is published again: its message was lost (a process died between
+  commit and publish, the broker was down or flushed). Duplicates are harmless:
+  the start statement is guarded. A job published again waits as long as it has
+  existed before the next time (at least ``FLOWSITE_REDISPATCH_AFTER``), so a
+  long backlog of a busy queue is not published over and over.
+
+Service mode: Celery beat sends ``jobs.sweep`` to ``SWEEP_QUEUE``, which every
+worker consumes. Two beats (or a slow sweep overtaken by the next one) are
+harmless: a sweep runs only while it holds a PostgreSQL advisory lock, and one
+that finds it taken does nothing. Embedded mode: a thread of the server process
+(``flowsite.embedded``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from jobs import liveness
+from jobs.dispatch import JobRef, enqueue_jobs
+from jobs.models import Job, QueueState
+from jobs.transitions import fail_lost_run
+from jobs.vocabulary import JobStatus
+
+logger = logging.getLogger(__name__)
+
+# Jobs published again per queue and sweep, at most (the next sweep takes the rest).
+REDISPATCH_BATCH = 500
+# The advisory lock of the sweep (PostgreSQL): a fixed 32-bit key.
+_LOCK_KEY = zlib.crc32(b"flowsite.sweep")
+_local_lock = threading.Lock()  # SQLite (embedded mode): one process, one sweep at a time
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did, per queue."""
+
+    ran: bool = True
+    stalled: dict[str, int] = field(default_factory=dict)
+    redispatched: dict[str, int] = field(default_factory=dict)
+    forgotten_workers: int = 0
+
+
+def sweep() -> SweepResult:
+    """Recover lost runs and publish stranded jobs, unless another sweep is running."""
+    with _exclusive() as mine:
+        if not mine:
+            return SweepResult(ran=False)
+        result = SweepResult()
+        for queue in _queues():
+            if stalled := recover_lost_runs(queue):
+                result.stalled[queue] = stalled
+            if redispatched := redispatch_stranded(queue):
+                result.redispatched[queue] = redispatched
+        result.forgotten_workers = liveness.forget_long_dead_workers()
+        _count(result)
+        return result
+
+
+def _queues() -> list[str]:
+    """The configured queues (``FLOWSITE_QUEUES``): the only ones jobs can be created on."""
+    return list(dict.fromkeys(settings.FLOWSITE_QUEUES))
+
+
+def recover_lost_runs(queue: str) -> int:
+    """Record the runs of ``queue`` whose worker is silent as lost attempts; return how many."""
+    silent_since = timezone.now() - timedelta(seconds=settings.FLOWSITE_STALLED_AFTER)
+    live = liveness.live_workers().values("pk")
+    suspects = (
+        Job.objects.filter(queue_name=queue, status=JobStatus.ACTIVE, worker_id__isnull=False,
+                           started_at__lt=silent_since)
+        .exclude(worker_id__in=live)
+        .values_list("pk", "worker_id", "attempts_made")
+    )
+    lost = 0
+    for job_id, worker_id, attempt in suspects:
+        if fail_lost_run(job_id=job_id, run=(worker_id, attempt)):
+            lost += 1
+    if lost:
+        logger.warning("Sweep: %d lost run(s) on queue %s recorded as failed attempts", lost, queue)
+    return lost
+
+
+def redispatch_stranded(queue: str) -> int:
+    """Publish again the jobs of ``queue`` that should have started by now; return how many."""
+    now = timezone.now()
+    after = timedelta(seconds=settings.FLOWSITE_REDISPATCH_AFTER)
+    due = Q(redispatch_at__lte=now) | Q(redispatch_at__isnull=True, created_at__lte=now - after)
+    refs = []
+    with transaction.atomic():
+        rows = list(
+            Job.objects.select_for_update(skip_locked=True)
+            .filter(due, queue_name=queue, status__in=(JobStatus.WAITING, JobStatus.DELAYED))
+            .order_by("created_at")
+            .values_list("pk", "created_at", "opts")[:REDISPATCH_BATCH]
+        )
+        for job_id, created_at, opts in rows:
+            Job.objects.filter(pk=job_id).update(redispatch_at=now + max(after, now - created_at))
+            refs.append(JobRef(id=job_id, queue_name=queue, opts=opts))
+    if refs:
+        if enqueue_jobs(refs, delay_ms=0):
+            logger.warning("Sweep: %d job(s) of queue %s had not started; published again", len(refs), queue)
+        else:
+            return 0
+    return len(refs)
+
+
+def _count(result: SweepResult) -> None:
+    for queue in {*result.stalled, *result.redispatched}:
+        QueueState.objects.get_or_create(name=queue)
+        QueueState.objects.filter(name=queue).update(
+            stalled_total=F("stalled_total") + result.stalled.get(queue, 0),
+            redispatched_total=F("redispatched_total") + result.redispatched.get(queue, 0),
+        )
+
+
+class _exclusive:
+    """Hold the sweep's lock for a ``with`` block; ``as`` gives whether it was taken."""
+
+    def __enter__(self) -> bool:
+        if connection.vendor != "postgresql":
+            self._taken = _local_lock.acquire(blocking=False)
+            return self._taken
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [_LOCK_KEY])
+            self._taken = bool(cursor.fetchone()[0])
+        return self._taken
+
+    def __exit__(self, *exc) -> None:
+        if not self._taken:
+            return
+        if connection.vendor != "postgresql":
+            _local_lock.release()
+            return
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_LOCK_KEY])
