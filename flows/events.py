@@ -44,7 +44,7 @@ from django.conf import settings
 from django.db import transaction
 
 from jobs.selectors import iso
-from jobs.vocabulary import FlowEvent, FlowStatus, JobStatus
+from jobs.vocabulary import FINAL_FLOW_STATUSES, FlowEvent, FlowStatus, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +172,9 @@ class _RedisPublisher:
                 self._busy = True
             try:
                 self._publish(batch)
-            except Exception:
-                logger.warning("Could not publish %d flow event messages", len(batch), exc_info=True)
+            except Exception as exc:
+                logger.warning("Could not publish %d flow event messages: %s: %s", len(batch), type(exc).__name__, exc)
+                logger.debug("Publishing flow events failed", exc_info=True)
             finally:
                 with self._wake:
                     self._busy = False
@@ -310,6 +311,8 @@ def _send_to_channel_layer(events: list[Event]) -> None:
     _get_publisher().send(batch)
 
 
+# A flow's final events: one of them ends its stream.
+_FINAL_EVENTS = frozenset({FlowEvent.COMPLETED, FlowEvent.FAILED, FlowEvent.CANCELLED})
 # Events after which a flow's progress summary has changed.
 _PROGRESS_EVENTS = frozenset({
     FlowEvent.CREATED, FlowEvent.JOB_UPDATED, FlowEvent.COMPLETED, FlowEvent.FAILED, FlowEvent.CANCELLED,
@@ -404,8 +407,15 @@ def live() -> bool:
 FIRST_SEQ = 1
 
 
-def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
-    """Reserve ``n`` event numbers for each flow; return ``{flow_id: (last seq, owner id)}``.
+def take_seqs(
+    counts: dict[str, int], *, finishing: frozenset[str] | set[str] = frozenset()
+) -> dict[str, tuple[int, int, int | None]]:
+    """Reserve ``n`` event numbers for each flow; return ``{flow_id: (last seq, owner id, again)}``.
+
+    ``again``: the flow had already reached its final status (a job of a failed flow
+    finished afterwards), so its final event must be sent again after these events,
+    numbered ``again`` (see ``final_event_again``); None otherwise, and for the flows
+    in ``finishing``, whose final event is among these.
 
     Must run inside the transaction of the change the events report: the flow
     row stays locked until it commits, so numbers follow commit order. Flows are
@@ -416,12 +426,29 @@ def take_seqs(counts: dict[str, int]) -> dict[str, tuple[int, int]]:
 
     from flows.models import Flow
 
-    taken: dict[str, tuple[int, int]] = {}
+    taken: dict[str, tuple[int, int, int | None]] = {}
     for flow_id in sorted(counts):
         if Flow.objects.filter(pk=flow_id).update(event_seq=F("event_seq") + counts[flow_id]):
-            seq, owner_id = Flow.objects.filter(pk=flow_id).values_list("event_seq", "owner_id").get()
-            taken[flow_id] = (seq, owner_id)
+            seq, owner_id, status = Flow.objects.filter(pk=flow_id).values_list("event_seq", "owner_id", "status").get()
+            again = None
+            if status in FINAL_FLOW_STATUSES and flow_id not in finishing:
+                Flow.objects.filter(pk=flow_id).update(event_seq=F("event_seq") + 1)
+                again = seq + 1
+            taken[flow_id] = (seq, owner_id, again)
     return taken
+
+
+def final_event_again(flow_id: str, seq: int) -> Event | None:
+    """A closed flow's final event once more, numbered ``seq``, after a later job event.
+
+    A job can still change once its flow has failed (a sibling that was running
+    finishes); clients are promised that ``flow:completed``/``flow:failed`` comes
+    after the last ``flow:job:updated`` of the flow, so it is told again.
+    """
+    event = _final_event(flow_id)
+    if event is not None:
+        event.data["seq"] = seq
+    return event
 
 
 def flow_created(flow: Any, jobs: list[Any]) -> None:
@@ -512,8 +539,9 @@ class Outbox:
         counts: dict[str, int] = {}
         for flow_id, *_ in self._items:
             counts[flow_id] = counts.get(flow_id, 0) + 1
-        taken = take_seqs(counts)
-        next_seq = {flow_id: last - counts[flow_id] + 1 for flow_id, (last, _) in taken.items()}
+        finishing = {flow_id for flow_id, name, *_ in self._items if name in _FINAL_EVENTS}
+        taken = take_seqs(counts, finishing=finishing)
+        next_seq = {flow_id: last - counts[flow_id] + 1 for flow_id, (last, _, _) in taken.items()}
         built = []
         for flow_id, name, data, broadcast in self._items:
             if flow_id not in taken:
@@ -521,6 +549,9 @@ class Outbox:
             data["seq"] = next_seq[flow_id]
             next_seq[flow_id] += 1
             built.append(Event(name=name, data=data, flow_id=flow_id, owner_id=taken[flow_id][1], broadcast=broadcast))
+        for flow_id, (_, _, again) in taken.items():
+            if again is not None and (event := final_event_again(flow_id, again)) is not None:
+                built.append(event)
         self._items = []
         transaction.on_commit(lambda: publish(built))
         return built
@@ -575,8 +606,9 @@ class _Coalescer:
                 due, self._due = self._due, set()
             try:
                 later = self.send(due)
-            except Exception:
-                logger.warning("Could not send flow progress events", exc_info=True)
+            except Exception as exc:
+                logger.warning("Could not send flow progress events: %s: %s", type(exc).__name__, exc)
+                logger.debug("Sending flow progress events failed", exc_info=True)
                 later = set()
             finally:
                 connections.close_all()  # back to the pool: an idle thread holds no connection

@@ -257,6 +257,10 @@ else:
         "queue_order_strategy": "priority",
         "priority_steps": list(range(10)),
     }
+    if CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] < 600:
+        # kombu looks for overdue messages about every 100 s (10 s x 10): with a short
+        # visibility timeout, look every second.
+        CELERY_BROKER_TRANSPORT_OPTIONS.update(unacked_restore_interval=1, unacked_restore_throttle=1)
 
 # CACHE
 # ------------------------------------------------------------------------------

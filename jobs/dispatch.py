@@ -56,11 +56,13 @@ def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> bool
     refs = list(refs)
     try:
         _publish(refs, delay_ms=delay_ms)
-    except Exception:
+    except Exception as exc:
         logger.warning(
-            "Could not publish %d job message(s) (%s); the sweep will publish them again",
-            len(refs), ", ".join(ref.id for ref in refs[:5]) + (", ..." if len(refs) > 5 else ""), exc_info=True,
+            "Could not publish %d job message(s) (%s); the sweep will publish them again. %s: %s",
+            len(refs), ", ".join(ref.id for ref in refs[:5]) + (", ..." if len(refs) > 5 else ""),
+            type(exc).__name__, exc,
         )
+        logger.debug("Publishing failed", exc_info=True)
         return False
     return True
 
@@ -83,7 +85,19 @@ def _publish(refs: list[JobRef], *, delay_ms: int | None) -> None:
                 # Interrupts an overrunning handler in prefork pools (jobs.runner).
                 soft_time_limit=options.timeout_ms / 1000 if options.timeout_ms else None,
                 producer=producer,
+                # Nobody waits for a job's Celery result (the job row is the record): no
+                # subscription to the result backend per message (and none to fail).
+                ignore_result=True,
             )
+
+
+def queued_messages(queue: str) -> int:
+    """How many messages wait in the broker's ``queue`` (not those delivered to a worker)."""
+    with app.connection_for_write() as connection:
+        try:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except connection.channel_errors:
+            return 0  # no such queue in the broker: nothing waits there
 
 
 def revoke_jobs(job_ids: list[str]) -> None:

@@ -130,13 +130,18 @@ def is_alive(worker_id: str | None) -> bool:
 
 
 def _process_exists(pid: int) -> bool:
+    """Whether ``pid`` is a running process of this host (a zombie, killed but not reaped, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc: the signal said it exists
 
 
 def live_workers():

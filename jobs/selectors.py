@@ -83,6 +83,35 @@ def queue_status_counts(*, user: AbstractBaseUser) -> dict[str, dict[str, int]]:
     return counts
 
 
+def queue_health() -> dict[str, dict[str, Any]]:
+    """Per allowed queue: live workers, the oldest waiting job's age, and the sweeps' counters.
+
+    System-wide, whoever asks: these describe the queue, not anybody's jobs.
+    """
+    from django.db.models import Min
+    from django.utils import timezone
+
+    from jobs.liveness import live_workers_per_queue
+
+    now = timezone.now()
+    workers = live_workers_per_queue()
+    oldest = dict(
+        Job.objects.filter(status=JobStatus.WAITING, queue_name__in=settings.FLOWSITE_QUEUES)
+        .values("queue_name").annotate(oldest=Min("created_at")).order_by().values_list("queue_name", "oldest")
+    )
+    states = {state.name: state for state in QueueState.objects.filter(name__in=settings.FLOWSITE_QUEUES)}
+    health = {}
+    for name in settings.FLOWSITE_QUEUES:
+        state = states.get(name)
+        health[name] = {
+            "liveWorkers": workers.get(name, 0),
+            "oldestWaitingSeconds": round((now - oldest[name]).total_seconds(), 1) if name in oldest else None,
+            "stalledTotal": state.stalled_total if state else 0,
+            "redispatchedTotal": state.redispatched_total if state else 0,
+        }
+    return health
+
+
 def paused_queues() -> set[str]:
     return set(QueueState.objects.filter(paused=True).values_list("name", flat=True))
 

@@ -97,7 +97,18 @@ class JobSubmitOutputSerializer(serializers.Serializer):
     job = JobOutputSerializer()
 
 
-class QueueOutputSerializer(serializers.Serializer):
+class QueueHealthSerializer(serializers.Serializer):
+    liveWorkers = serializers.IntegerField(
+        help_text="worker processes consuming the queue whose heartbeat is fresh (FLOWSITE_STALLED_AFTER)"
+    )
+    oldestWaitingSeconds = serializers.FloatField(
+        allow_null=True, help_text="age of the oldest waiting job, since its creation; null if none waits"
+    )
+    stalledTotal = serializers.IntegerField(help_text="runs the sweep found lost (their worker died), ever")
+    redispatchedTotal = serializers.IntegerField(help_text="job messages the sweep published again, ever")
+
+
+class QueueOutputSerializer(QueueHealthSerializer):
     name = serializers.CharField()
     paused = serializers.BooleanField()
     counts = serializers.DictField(child=serializers.IntegerField(), help_text="jobs per status")
@@ -111,5 +122,6 @@ class QueueActionOutputSerializer(serializers.Serializer):
 
 class DashboardOutputSerializer(serializers.Serializer):
     queues = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
+    queueHealth = serializers.DictField(child=QueueHealthSerializer())
     flows = serializers.DictField(child=serializers.IntegerField())
     latestFailures = JobOutputSerializer(many=True)

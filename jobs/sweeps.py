@@ -9,9 +9,10 @@
   ``FLOWSITE_REDISPATCH_AFTER`` after it became due, with every change that
   publishes it) is published again: its message was lost (a process died between
   commit and publish, the broker was down or flushed). Duplicates are harmless:
-  the start statement is guarded. A job published again waits as long as it has
-  existed before the next time (at least ``FLOWSITE_REDISPATCH_AFTER``), so a
-  long backlog of a busy queue is not published over and over.
+  the start statement is guarded. A queue whose broker queue still holds messages
+  is left alone (its workers are behind: that is a backlog, not a loss), and a job
+  published again waits as long as it has existed before the next time (at least
+  ``FLOWSITE_REDISPATCH_AFTER``), so a busy queue is not published over and over.
 
 Service mode: Celery beat sends ``jobs.sweep`` to ``SWEEP_QUEUE``, which every
 worker consumes. Two beats (or a slow sweep overtaken by the next one) are
@@ -34,7 +35,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from jobs import liveness
-from jobs.dispatch import JobRef, enqueue_jobs
+from jobs.dispatch import JobRef, enqueue_jobs, queued_messages
 from jobs.models import Job, QueueState
 from jobs.transitions import fail_lost_run
 from jobs.vocabulary import JobStatus
@@ -99,7 +100,19 @@ def recover_lost_runs(queue: str) -> int:
 
 
 def redispatch_stranded(queue: str) -> int:
-    """Publish again the jobs of ``queue`` that should have started by now; return how many."""
+    """Publish again the jobs of ``queue`` that should have started by now; return how many.
+
+    Only while the broker's queue is empty: messages waiting there mean the workers
+    are behind, not that messages were lost (publishing the backlog again would
+    only make it longer). Lost ones are published once the queue has drained.
+    """
+    try:
+        if queued_messages(queue):
+            return 0
+    except Exception as exc:  # the broker is unreachable: nothing can be published now
+        logger.warning("Sweep: cannot reach the broker (%s: %s); stranded jobs wait for the next sweep",
+                       type(exc).__name__, exc)
+        return 0
     now = timezone.now()
     after = timedelta(seconds=settings.FLOWSITE_REDISPATCH_AFTER)
     due = Q(redispatch_at__lte=now) | Q(redispatch_at__isnull=True, created_at__lte=now - after)

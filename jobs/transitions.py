@@ -34,6 +34,7 @@ from jobs.models import Job, JobLog, QueueState
 from jobs.options import JobOptions
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
+    FINAL_FLOW_STATUSES,
     IGNORED_FAILURE_POLICIES,
     STARTABLE_JOB_STATUSES,
     FailurePolicy,
@@ -140,11 +141,17 @@ _START_UPDATE = (
 _START_PLAIN_SQL = _START_UPDATE.format(relaxed="")
 # PostgreSQL: the start and its event number (``flows.events``) in one statement. The
 # number is taken only while events are live (the parameter before the flow id, ``events.live()``).
+# A flow already final (a job of a failed flow goes on) takes one number more: its
+# final event is sent again after the job's (``events.final_event_again``).
+_FINAL_SQL = ", ".join(f"'{status}'" for status in sorted(FINAL_FLOW_STATUSES))
+_SEQ_ARM = (
+    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + CASE WHEN status IN ({_FINAL_SQL}) THEN 2 ELSE 1 END "
+    "WHERE %s AND id = {flow} RETURNING event_seq, owner_id, status IN (" + _FINAL_SQL + ") AS closed)"
+)
 _START_SQL = (
     "WITH {with_relaxed}started AS (" + _START_UPDATE + "), "
-    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
-    "WHERE %s AND id = (SELECT flow_id FROM started) RETURNING event_seq, owner_id) "
-    f"SELECT {_START_COLUMNS}, seq.event_seq, seq.owner_id FROM started LEFT JOIN seq ON true"
+    + _SEQ_ARM.replace("{flow}", "(SELECT flow_id FROM started)") + " "
+    f"SELECT {_START_COLUMNS}, seq.event_seq, seq.owner_id, seq.closed FROM started LEFT JOIN seq ON true"
 )
 _START_SYNC_SQL = _START_SQL.format(with_relaxed="", relaxed="")
 _START_RELAXED_SQL = _START_SQL.format(with_relaxed=f"{_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
@@ -158,11 +165,10 @@ _COMPLETE_SQL = (
     "redispatch_at = CASE WHEN pending_children = 1 THEN %s ELSE redispatch_at END "
     "WHERE id = %s AND status = %s AND pending_children > 0 AND EXISTS (SELECT 1 FROM done) "
     "RETURNING status, queue_name, opts), "
-    f"seq AS (UPDATE {FLOW_TABLE} SET event_seq = event_seq + 1 "
-    "WHERE %s AND id = %s AND EXISTS (SELECT 1 FROM done) RETURNING event_seq, owner_id) "
+    + _SEQ_ARM.replace("{flow}", "%s AND EXISTS (SELECT 1 FROM done)") + " "
     "SELECT (SELECT count(*) FROM done), (SELECT status FROM parent), "
     "(SELECT queue_name FROM parent), (SELECT opts FROM parent), "
-    "(SELECT event_seq FROM seq), (SELECT owner_id FROM seq)"
+    "(SELECT event_seq FROM seq), (SELECT owner_id FROM seq), (SELECT closed FROM seq)"
 )
 _COMPLETE_SYNC_SQL = _COMPLETE_SQL.format(with_relaxed="WITH ", relaxed="")
 _COMPLETE_RELAXED_SQL = _COMPLETE_SQL.format(with_relaxed=f"WITH {_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
@@ -226,22 +232,38 @@ def job_start(*, job_id: str, redelivered: bool = False, lost_on: str | None = N
     )
     if job.flow_id:
         if row[9] is not None:
-            _send(_job_event(job, JobStatus.ACTIVE, seq=row[9], owner_id=row[10]))
+            _send_numbered(job, JobStatus.ACTIVE, numbers=row[9:12])
         flow_status.flow_mark_running(flow_id=job.flow_id)
     return job
 
 
 def _start_row(job_id: str) -> tuple | None:
-    """The start statement; the row it returns ends with the event number and the flow's owner."""
+    """The start statement; its row ends with the event numbers (``_send_numbered``), all None unnumbered."""
     params = [JobStatus.ACTIVE, timezone.now(), liveness.this_worker(), job_id, *_STARTABLE]
     if connection.vendor == "postgresql":
-        return _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.live()])
+        row = _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.live()])
+        return row and (*row[:9], *_numbers(*row[9:12]))
     with transaction.atomic():
         row = _fetch_one(_START_PLAIN_SQL, params)
         if row is None or row[4] is None or not events.live():
-            return row and (*row, None, None)
-        seq, owner_id = events.take_seqs({row[4]: 1}).get(row[4], (None, None))
-        return (*row, seq, owner_id)
+            return row and (*row, None, None, None)
+        return (*row, *events.take_seqs({row[4]: 1}).get(row[4], (None, None, None)))
+
+
+def _numbers(seq: int | None, owner_id: int | None, closed: bool | None) -> tuple[int | None, int | None, int | None]:
+    """The seq arm's ``(event_seq, owner, closed)`` as ``(job event seq, owner, final event seq or None)``."""
+    if seq is None or not closed:
+        return seq, owner_id, None
+    return seq - 1, owner_id, seq
+
+
+def _send_numbered(job: StartedJob, status: str, *, numbers: tuple, **outcome: Any) -> None:
+    """Publish a job's event after commit, then its closed flow's final event again if it has one."""
+    seq, owner_id, again = numbers
+    built = [_job_event(job, status, seq=seq, owner_id=owner_id, **outcome)]
+    if again is not None and (final := events.final_event_again(job.flow_id, again)) is not None:
+        built.append(final)
+    _send(*built)
 
 
 def _job_event(job: StartedJob, status: str, *, seq: int, owner_id: int, **outcome: Any) -> events.Event:
@@ -371,7 +393,7 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
         if row[4] is not None:
             # Before the parent is published: a flow's events follow its causes.
-            _send(_job_event(job, JobStatus.COMPLETED, seq=row[4], owner_id=row[5], result=result))
+            _send_numbered(job, JobStatus.COMPLETED, numbers=_numbers(*row[4:7]), result=result)
     else:
         with transaction.atomic():
             with prepared_cursor() as cursor:
@@ -385,9 +407,9 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             if job.parent_id:
                 ready = _release_parent(job.parent_id)
             if job.flow_id and events.live():
-                seq, owner_id = events.take_seqs({job.flow_id: 1}).get(job.flow_id, (None, None))
-                if seq is not None:
-                    _send(_job_event(job, JobStatus.COMPLETED, seq=seq, owner_id=owner_id, result=result))
+                numbers = events.take_seqs({job.flow_id: 1}).get(job.flow_id)
+                if numbers is not None:
+                    _send_numbered(job, JobStatus.COMPLETED, numbers=numbers, result=result)
     if ready is not None:
         transaction.on_commit(lambda: enqueue_jobs([ready]))
     elif job.parent_id is None and job.flow_id:

@@ -107,7 +107,10 @@ class QueueViewSet(viewsets.ViewSet):
     def list(self, request):
         counts = selectors.queue_status_counts(user=request.user)
         paused = selectors.paused_queues()
-        return Response([{"name": name, "paused": name in paused, "counts": c} for name, c in counts.items()])
+        health = selectors.queue_health()
+        return Response(
+            [{"name": name, "paused": name in paused, "counts": c, **health[name]} for name, c in counts.items()]
+        )
 
     def _change(self, name: str, *, pause: bool) -> Response:
         if name not in settings.FLOWSITE_QUEUES:
@@ -127,13 +130,14 @@ class QueueViewSet(viewsets.ViewSet):
 
 
 class DashboardView(APIView):
-    """Counts per queue and status, flows per status, and the latest failures."""
+    """Counts per queue and status, each queue's health, flows per status, and the latest failures."""
 
     @extend_schema(responses={200: DashboardOutputSerializer, **error_responses(401)}, tags=["dashboard"])
     def get(self, request):
         return Response(
             {
                 "queues": selectors.queue_status_counts(user=request.user),
+                "queueHealth": selectors.queue_health(),
                 "flows": flow_status_counts(user=request.user),
                 "latestFailures": selectors.latest_failures(user=request.user),
             }

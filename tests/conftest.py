@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_QUEUES = os.environ.get("FLOWSITE_QUEUES", "default,video,image,alt")
+# The session's workers consume every queue but ``isolated``, which tests give workers of their own.
+ISOLATED_QUEUE = "isolated"
+TEST_QUEUES = ",".join(
+    name for name in os.environ.get("FLOWSITE_QUEUES", "default,video,image,alt").split(",") if name != ISOLATED_QUEUE
+)
 WORKER_COUNT = 2
 
 

@@ -129,3 +129,12 @@ def progress(ctx: JobContext):
     ctx.update_progress({"step": 1, "of": 2})
     ctx.update_progress(100)
     return "done"
+
+
+@job_handler("test-hang-first-time")
+def hang_first_time(ctx: JobContext):
+    """Hang on the first attempt (its worker is killed meanwhile), then succeed at once with the attempt number."""
+    ctx.log(f"attempt {ctx.attempt} in pid {os.getpid()}")
+    if ctx.attempt == 1:
+        time.sleep(ctx.data.get("ms", 60_000) / 1000)
+    return ctx.attempt

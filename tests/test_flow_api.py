@@ -49,7 +49,7 @@ def test_create_validation_errors_name_each_path(api):
     assert response.status_code == 400
     details = response.json()["details"]
     assert "Unknown job handler 'celery.backend_cleanup'. Known handlers:" in details["children[1].name"][0]
-    assert details["children[1].queueName"] == ["Unknown queue 'celery'. Allowed queues: default, video, image, alt."]
+    assert details["children[1].queueName"] == ["Unknown queue 'celery'. Allowed queues: default, video, image, alt, isolated."]
     assert details["children[1].opts.attempts"] == ["Must be an integer."]
     assert not Flow.objects.exists()
 

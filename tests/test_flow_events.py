@@ -17,6 +17,7 @@ from django.conf import settings
 
 from flows import events
 from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
+from jobs.models import Job
 from jobs.vocabulary import FlowEvent, FlowStatus, JobStatus
 from tests.conftest import wait_for, wait_for_flow
 
@@ -154,13 +155,40 @@ def test_a_failing_flow_ends_with_flow_failed_after_every_job_event(user, listen
     flow = wait_for_flow(flow_create(owner=user, spec=spec), timeout=15)
     assert flow.status == FlowStatus.FAILED
     ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.FAILED))
-    failed = next(m for m in ordered if m["event"] == FlowEvent.FAILED)
+    # The last one: a sibling still running when the flow failed gets it sent again.
+    failed = [m for m in ordered if m["event"] == FlowEvent.FAILED][-1]
     assert failed["data"]["error"] == flow.error and failed["data"]["failedAt"]
     job_events = [m["data"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED]
     assert failed["data"]["seq"] > max(data["seq"] for data in job_events)
     finals = {data["jobId"]: data for data in job_events if data["jobStatus"] == JobStatus.FAILED}
     assert flow.root_job_id in finals  # the parent, failed by its child
     assert finals[flow.root_job_id]["error"].startswith("Child job test-fail")
+
+
+def test_a_job_that_finishes_after_its_flow_failed_is_followed_by_the_final_event_again(user, listen):
+    owner = listen(events.user_group(user.pk))
+    spec = flow_of(leaf("test-sum", children=[leaf("test-sleep", data={"ms": 1500}), leaf("test-fail")]))
+    flow = flow_create(owner=user, spec=spec)
+    slow = flow.jobs.get(name="test-sleep")
+    wait_for(lambda: Job.objects.filter(pk=slow.pk, status=JobStatus.COMPLETED).exists(), timeout=15,
+             message="the slow sibling to finish after the failure")
+    flow.refresh_from_db()
+    assert flow.status == FlowStatus.FAILED
+
+    def last_job_event_then_failed():
+        ordered = by_seq(owner.of_flow(flow.pk))
+        names = [m["event"] for m in ordered]
+        if FlowEvent.FAILED not in names or FlowEvent.JOB_UPDATED not in names:
+            return None
+        last_failed = max(i for i, name in enumerate(names) if name == FlowEvent.FAILED)
+        last_job = max(i for i, name in enumerate(names) if name == FlowEvent.JOB_UPDATED)
+        return last_failed > last_job and ordered[last_job]["data"]["jobId"] == slow.pk and ordered
+
+    ordered = wait_for(last_job_event_then_failed, timeout=10, message="flow:failed after the sibling's completion")
+    assert_numbered_without_holes(ordered)
+    failed = [m for m in ordered if m["event"] == FlowEvent.FAILED]
+    assert len(failed) == 2  # when the flow failed, and again after the late sibling
+    assert failed[0]["data"] | {"seq": 0} == failed[1]["data"] | {"seq": 0}
 
 
 def test_cancel_and_delete_publish_their_events(user, listen):

@@ -62,7 +62,7 @@ def test_an_unknown_queue_lists_the_allowed_ones(user):
     errors = errors_of(user, {"flowname": "f", **node(children=[node(), node(queue="celery")])})
 
     assert errors == {
-        "children[1].queueName": ["Unknown queue 'celery'. Allowed queues: default, video, image, alt."]
+        "children[1].queueName": ["Unknown queue 'celery'. Allowed queues: default, video, image, alt, isolated."]
     }
 
 

@@ -32,7 +32,7 @@ def test_unknown_queue_is_404_and_unknown_status_400_listing_valid_ones(api):
     bad_status = api.get("/api/jobs/video?status=sleeping")
 
     assert unknown.status_code == 404
-    assert "Unknown queue 'nowhere'. Allowed queues: default, video, image, alt." == unknown.json()["error"]
+    assert "Unknown queue 'nowhere'. Allowed queues: default, video, image, alt, isolated." == unknown.json()["error"]
     assert bad_status.status_code == 400
     assert bad_status.json()["details"]["status"] == [
         "sleeping is not a job status. Valid: waiting, waiting-children, delayed, active, completed, failed, "
@@ -117,7 +117,7 @@ def test_queues_list_counts_only_the_users_jobs_and_only_staff_pause(api, user, 
     staff_pause = token_client(staff_user).post("/api/queues/video/pause/")
     unknown = token_client(staff_user).post("/api/queues/nowhere/pause")
 
-    assert set(queues) == {"default", "video", "image", "alt"}
+    assert set(queues) == {"default", "video", "image", "alt", "isolated"}
     assert queues["video"]["counts"] == counts(WAITING=2, WAITING_CHILDREN=1)
     assert pause.status_code == 403
     # Pausing is global: every user's waiting jobs of the queue are parked.

@@ -1,8 +1,10 @@
-"""Start the whole system: migrations, an admin user, the worker and the web server."""
+"""Start the whole system: migrations, an admin user, the worker or the sweeps, and the web server."""
 
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -17,7 +19,8 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 class Command(BaseCommand):
     help = (
         "Run Flowsite: apply migrations, create the admin user if missing (and print its "
-        "credentials), start the embedded worker (embedded mode) and serve on HOST:PORT."
+        "credentials), start the embedded worker (embedded mode) or Celery beat for the sweeps "
+        "(service mode), and serve on HOST:PORT."
     )
 
     def add_arguments(self, parser) -> None:
@@ -28,12 +31,18 @@ class Command(BaseCommand):
             "--no-worker", action="store_true", help="Do not run a worker in this process."
         )
         parser.add_argument(
+            "--no-beat", action="store_true",
+            help="Service mode: do not start Celery beat, which schedules the sweeps that recover lost jobs "
+            "(run `celery -A flowsite beat` elsewhere).",
+        )
+        parser.add_argument(
             "--workers", type=int, default=None, metavar="N",
             help="Web server processes (service mode only; default: WEB_CONCURRENCY, or twice the CPU count).",
         )
 
     def handle(
-        self, *args, host: str, port: int, admin_user: str, no_worker: bool, workers: int | None, **options
+        self, *args, host: str, port: int, admin_user: str, no_worker: bool, no_beat: bool, workers: int | None,
+        **options,
     ) -> None:
         import uvicorn
 
@@ -60,6 +69,9 @@ class Command(BaseCommand):
                 self.stdout.write(f"Re-queued {requeued} job(s) interrupted by the last shutdown.")
             worker = start_embedded_worker()
             self.stdout.write(f"Worker running in-process on queues: {', '.join(settings.FLOWSITE_QUEUES)}")
+        beat = None
+        if not settings.EMBEDDED and not no_beat:
+            beat = self._start_beat()
         mode = "embedded (SQLite, on-disk broker)" if settings.EMBEDDED else "service (PostgreSQL/Redis)"
         processes = f", {workers} web processes" if workers > 1 else ""
         self.stdout.write(
@@ -81,6 +93,25 @@ class Command(BaseCommand):
         finally:
             if worker is not None:
                 worker.stop()
+            if beat is not None:
+                beat.terminate()
+                try:
+                    beat.wait(GRACEFUL_SHUTDOWN_SECONDS)
+                except subprocess.TimeoutExpired:
+                    beat.kill()
+
+    def _start_beat(self) -> subprocess.Popen:
+        """Celery beat, which sends the sweeps (``jobs.sweeps``) every ``FLOWSITE_SWEEP_INTERVAL``.
+
+        Several ``up`` processes each start one: harmless, only one sweep runs at a time.
+        """
+        schedule = settings.DATA_DIR / "celerybeat-schedule"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "flowsite", "beat", "--loglevel", "warning", "--schedule",
+             str(schedule)],
+        )
+        self.stdout.write(f"Celery beat running (pid {process.pid}): sweeps every {settings.FLOWSITE_SWEEP_INTERVAL} s")
+        return process
 
     def _ensure_admin(self, username: str) -> None:
         user_model = get_user_model()
