@@ -251,6 +251,22 @@ def test_a_healthy_long_job_whose_message_comes_back_is_not_marked_lost_and_runs
     assert f"Job {job.pk} is not startable; delivery ignored" in logs  # the message did come back
 
 
+def test_a_delay_longer_than_the_visibility_timeout_runs_the_job_once(user, workers):
+    workers("short-visibility", extra_env={"CELERY_VISIBILITY_TIMEOUT": "2"})
+    workers("second-consumer", extra_env={"CELERY_VISIBILITY_TIMEOUT": "2"})
+    # The delayed message waits, unacknowledged, three visibility timeouts in a worker:
+    # Redis gives it out again meanwhile, and both copies come due together.
+    flow = flow_create(owner=user, spec=flow_of(leaf("test-sleep", queue=ISOLATED_QUEUE, data={"ms": 10},
+                                                     opts={"delay": 6000, "attempts": 3})))
+
+    flow = wait_for_flow(flow, timeout=60)
+
+    job = flow.jobs.get()
+    assert flow.status == FlowStatus.COMPLETED, flow.error
+    assert job.attempts_made == 1
+    assert JobLog.objects.filter(job=job, message__startswith="start ").count() == 1
+
+
 # MESSAGES THAT NEVER ARRIVE
 # ------------------------------------------------------------------------------
 
