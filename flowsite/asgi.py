@@ -1,7 +1,8 @@
 """ASGI entry point (``uvicorn flowsite.asgi:application``).
 
 ``/socket.io/`` goes to the Socket.IO server for legacy frontends (flows/socketio.py);
-everything else to Channels: HTTP to Django, websockets to the consumers of
+everything else to Channels: HTTP to Django (behind ``RequestBodyGuard``: oversized and
+anonymous bodies are refused before they are read), websockets to the consumers of
 ``flowsite.routing`` behind the origin check and the token/session authentication.
 """
 
@@ -20,11 +21,12 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from accounts.websocket import TokenAuthMiddlewareStack  # noqa: E402
 from flows.socketio import SOCKETIO_PATH, server as socketio_server  # noqa: E402
+from flowsite.bodylimit import RequestBodyGuard  # noqa: E402
 from flowsite.routing import websocket_urlpatterns  # noqa: E402
 
 channels_application = ProtocolTypeRouter(
     {
-        "http": django_application,
+        "http": RequestBodyGuard(django_application),
         "websocket": AllowedHostsOriginValidator(TokenAuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
