@@ -68,7 +68,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
     """Cancel an open flow: every unfinished job becomes ``cancelled`` and is revoked.
 
     A job that starts afterwards finds itself cancelled and does nothing; a job
-    already running finishes its handler, but its result is discarded. Raises
+    already running is not interrupted (its handler may poll ``ctx.cancelled``), but its outcome is discarded. Raises
     ``InvalidTransition`` if the flow has already finished.
     """
     now = timezone.now()

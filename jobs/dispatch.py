@@ -101,6 +101,10 @@ def queued_messages(queue: str) -> int:
 
 
 def revoke_jobs(job_ids: list[str]) -> None:
-    """Ask every worker to drop these jobs' messages (best effort; the database guard is the rule)."""
+    """Ask every worker to drop these jobs' messages (best effort; the database guard is the rule).
+
+    A handler already running is not interrupted: it can stop early by polling
+    ``ctx.cancelled``, and its outcome is discarded either way.
+    """
     if job_ids and app.conf.worker_enable_remote_control:
         app.control.revoke(job_ids)

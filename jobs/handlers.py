@@ -9,6 +9,7 @@ The registry itself lives in ``jobs.registry``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,24 @@ class JobContext:
     attempt: int
     children_values: dict[str, Any] = field(default_factory=dict)
     children_failures: dict[str, Any] = field(default_factory=dict)
+    _cancelled: bool = field(default=False, init=False, repr=False)
+    _checked_at: float = field(default=0.0, init=False, repr=False)
+
+    # How often ``cancelled`` asks the database, at most.
+    CANCEL_CHECK_SECONDS = 0.5
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the job was cancelled (or deleted) while this handler runs.
+
+        A long handler should poll it between steps and return early: a cancel does
+        not interrupt a running handler, and whatever it returns is discarded. Reads
+        the database at most every ``CANCEL_CHECK_SECONDS``.
+        """
+        if not self._cancelled and time.monotonic() - self._checked_at >= self.CANCEL_CHECK_SECONDS:
+            self._checked_at = time.monotonic()
+            self._cancelled = transitions.job_is_cancelled(job_id=self.job_id)
+        return self._cancelled
 
     def update_progress(self, progress: int | float | dict) -> None:
         """Record the job's progress (a number, usually 0-100, or a JSON object)."""

@@ -47,11 +47,18 @@ def run_job(*, job_id: str, redelivered: bool = False, lost_on: str | None = Non
             if contains_nul(result):  # also checks that it is JSON-serialisable
                 raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
         except Exception as exc:  # the handler's failure is the job's failure
-            transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made))
+            if not transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made)):
+                _log_discarded(job)
             return
-        transitions.job_complete(job=job, result=result)
+        if not transitions.job_complete(job=job, result=result):
+            _log_discarded(job)
     finally:
         _rearm_soft_limit()
+
+
+def _log_discarded(job: transitions.StartedJob) -> None:
+    if transitions.job_is_cancelled(job_id=job.id):
+        logger.info("Job %s (%s) was cancelled while its handler ran; its outcome is discarded", job.name, job.id)
 
 
 def _call_handler(job: transitions.StartedJob, options: JobOptions) -> Any:

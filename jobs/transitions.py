@@ -505,6 +505,12 @@ def _propagate_failure(*, job: StartedJob, error: str, outbox: events.Outbox) ->
             outbox.flow_finished(job.flow_id)
 
 
+def job_is_cancelled(*, job_id: str) -> bool:
+    """Whether a job was cancelled or deleted (what a running handler polls, ``ctx.cancelled``)."""
+    status = Job.objects.filter(pk=job_id).values_list("status", flat=True).first()
+    return status is None or status == JobStatus.CANCELLED
+
+
 def job_update_progress(*, job_id: str, progress: Any) -> bool:
     """Set an active job's progress (a number or a JSON object), with its ``flow:job:progress`` event.
 

@@ -138,3 +138,17 @@ def hang_first_time(ctx: JobContext):
     if ctx.attempt == 1:
         time.sleep(ctx.data.get("ms", 60_000) / 1000)
     return ctx.attempt
+
+
+@job_handler("test-until-cancelled")
+def until_cancelled(ctx: JobContext):
+    """Poll ``ctx.cancelled`` until the job is cancelled, then stop early."""
+    ctx.log(f"start in pid {os.getpid()}")
+    try:
+        while not ctx.cancelled:
+            time.sleep(0.05)
+    except BaseException as exc:
+        ctx.log(f"interrupted by {type(exc).__name__}")
+        raise
+    ctx.log("saw ctx.cancelled")
+    return "stopped"
