@@ -6,8 +6,11 @@ with a 4xx status; domain errors from ``jobs.exceptions`` are mapped here, once.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -21,15 +24,78 @@ from jobs.exceptions import FlowClosed, FlowsiteError, InvalidTransition, SpecVa
 
 
 class SafeJSONParser(JSONParser):
-    """JSON parser that refuses absurdly nested bodies with a 400 instead of a RecursionError."""
+    """JSON parser that refuses, with a 400 naming the path, what Flowsite could not store.
+
+    Python's parser accepts more than PostgreSQL's ``jsonb`` and UTF-8 do: ``1e400``
+    (it becomes ``inf``), lone surrogates (``"\\ud800"``) and documents nested so deep that
+    encoding them again raises ``RecursionError``. Each once answered a 500 half-way
+    through a write; checking the parsed body once here means no view, service or
+    engine step ever sees such a value. (``NaN`` and ``Infinity`` literals are refused
+    by DRF's strict parsing already.)
+    """
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:
-            return super().parse(stream, media_type, parser_context)
+            value = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - the document is nested too deeply.") from None
         except RequestDataTooBig as exc:
             raise PayloadTooLarge(str(exc)) from None
+        check_json_value(value, max_depth=settings.FLOWSITE_MAX_JSON_DEPTH)
+        return value
+
+
+class InvalidJSONValue(exceptions.ParseError):
+    """A body that is JSON but holds values Flowsite cannot store; ``details`` names their paths."""
+
+    def __init__(self, message: str, details: dict[str, list[str]]):
+        super().__init__(message)
+        self.details = details
+
+
+NOT_FINITE_MESSAGE = "Must be a finite number."
+SURROGATE_MESSAGE = "Text may not contain a lone surrogate (\\ud800-\\udfff): it cannot be encoded as UTF-8."
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _printable(key: str) -> str:
+    """A key as it can appear in an error path (the answer itself must encode as UTF-8)."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_json_value(value: Any, *, max_depth: int) -> None:
+    """Raise ``InvalidJSONValue`` for non-finite numbers, lone surrogates or nesting deeper than ``max_depth``.
+
+    The walk is iterative, so it is safe whatever the depth; paths are the specs'
+    (``children[0].data.key``).
+    """
+    errors: dict[str, list[str]] = {}
+    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
+    while stack:
+        item, path, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise InvalidJSONValue(
+                    f"JSON parse error - the document is nested deeper than {max_depth} levels (FLOWSITE_MAX_JSON_DEPTH).",
+                    {path or "non_field_errors": [f"At most {max_depth} levels of objects and arrays."]},
+                )
+            if isinstance(item, dict):
+                children = []
+                for key, sub in item.items():
+                    key_path = f"{path}.{_printable(key)}" if path else _printable(key)
+                    if _SURROGATE.search(key):
+                        errors.setdefault(key_path, []).append(SURROGATE_MESSAGE)
+                    children.append((sub, key_path, depth + 1))
+            else:
+                children = [(sub, f"{path}[{index}]", depth + 1) for index, sub in enumerate(item)]
+            stack.extend(reversed(children))
+        elif isinstance(item, str):
+            if _SURROGATE.search(item):
+                errors.setdefault(path or "non_field_errors", []).append(SURROGATE_MESSAGE)
+        elif isinstance(item, float) and not math.isfinite(item):
+            errors.setdefault(path or "non_field_errors", []).append(NOT_FINITE_MESSAGE)
+    if errors:
+        raise InvalidJSONValue("Invalid JSON value.", errors)
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -74,6 +140,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     """Map every error to the contract's shape; domain errors to 400/404/409."""
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge(str(exc))
+    if isinstance(exc, InvalidJSONValue):
+        return Response(error_body(str(exc.detail), exc.details), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, SpecValidationError):
         return Response(error_body(exc.message, exc.details), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, InvalidTransition):

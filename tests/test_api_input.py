@@ -1,0 +1,113 @@
+"""Hostile input at the API's edge: every answer is a JSON 4xx naming the field, never a 500.
+
+Each case here once answered Django's HTML 404 or 500, or was accepted and broke
+the engine later. Input is checked once, where it enters (the JSON parser, the URL
+routes, the token authentication, the option validation), so the engine never sees it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import Client
+
+from flows.models import Flow
+from jobs.models import Job
+from jobs.vocabulary import FlowStatus, JobStatus
+from tests.factories import make_flow, spec
+
+pytestmark = pytest.mark.django_db
+
+
+def _post_raw(api, url: str, text: str):
+    return api.post(url, text, content_type="application/json")
+
+
+def _assert_json_error(response, status: int):
+    assert response.status_code == status, response.content[:300]
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert set(body) >= {"error", "details"}
+    return body
+
+
+# (c) NUMBERS JSON CANNOT STORE
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_in_data_is_400_naming_its_path(api, literal):
+    body = json.dumps(spec(1)).replace('"value": 1', f'"value": {literal}')
+
+    response = _post_raw(api, "/api/flows", body)
+
+    details = _assert_json_error(response, 400)["details"]
+    assert "children[0].data.value" in details or literal in ("NaN", "Infinity", "-Infinity")
+    assert not Flow.objects.exists()
+
+
+def test_a_non_finite_number_in_a_job_submission_is_400(api):
+    response = _post_raw(api, "/api/jobs/default", '{"name": "test-value", "data": {"x": [1, 1e400]}}')
+
+    assert _assert_json_error(response, 400)["details"] == {"data.x[1]": ["Must be a finite number."]}
+    assert not Job.objects.exists()
+
+
+# (c) STRINGS UTF-8 CANNOT ENCODE
+
+@pytest.mark.parametrize(
+    "where, path",
+    [("flowname", "flowname"), ("value", "children[0].data.value"), ("key", "data.\\ud800")],
+)
+def test_a_lone_surrogate_in_a_flow_is_400_naming_its_path(api, where, path):
+    body = json.dumps(spec(1))
+    if where == "flowname":
+        body = body.replace('"api-flow"', '"bad \\ud800 name"')
+    elif where == "value":
+        body = body.replace('"value": 1', '"value": "x\\udfffy"')
+    else:
+        body = body[:-1] + ', "data": {"\\ud800": 1}}'
+
+    response = _post_raw(api, "/api/flows", body)
+
+    assert path in _assert_json_error(response, 400)["details"]
+    assert not Flow.objects.exists()
+
+
+def test_a_lone_surrogate_in_data_flow_id_is_400(api):
+    response = _post_raw(api, "/api/jobs/default", '{"name": "test-value", "data": {"flowId": "\\ud800"}}')
+
+    assert "data.flowId" in _assert_json_error(response, 400)["details"]
+
+
+def test_a_surrogate_pair_is_a_valid_character(api):
+    response = _post_raw(api, "/api/jobs/default", '{"name": "test-value", "data": {"emoji": "\\ud83d\\ude00"}}')
+
+    assert response.status_code == 201
+    assert Job.objects.get().data["emoji"] == "\U0001f600"
+
+
+# (c) NESTING
+
+MAX_DEPTH = 512  # FLOWSITE_MAX_JSON_DEPTH's default
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 950, 961])
+def test_data_nested_deeper_than_the_limit_is_400(api, depth):
+    data = "[" * (depth - 2) + "]" * (depth - 2)
+    body = f'{{"name": "test-value", "data": {{"deep": {data}}}}}'
+
+    response = _post_raw(api, "/api/jobs/default", body)
+
+    body = _assert_json_error(response, 400)
+    # Deeper documents may already exhaust the parser's recursion (a 400 as well).
+    assert "FLOWSITE_MAX_JSON_DEPTH" in body["error"] or (depth > 900 and "nested too deeply" in body["error"])
+    assert not Job.objects.exists()
+
+
+def test_data_nested_up_to_the_limit_is_accepted(api):
+    data = "[" * (MAX_DEPTH - 2) + "]" * (MAX_DEPTH - 2)
+
+    response = _post_raw(api, "/api/jobs/default", f'{{"name": "test-value", "data": {{"deep": {data}}}}}')
+
+    assert response.status_code == 201
+
+
