@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
@@ -105,9 +106,25 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 class Pagination(PageNumberPagination):
+    """``page`` and ``pageSize``; a ``pageSize`` that is not a positive integer is a 400.
+
+    DRF would silently fall back to the default size for ``0``, ``-1`` or ``abc``; a
+    size above ``max_page_size`` is still cut down to it (the contract's ``pageSize <= 500``).
+    """
+
     page_size = 50
     page_size_query_param = "pageSize"
     max_page_size = 500
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"Must be a positive integer (at most {self.max_page_size} are returned)."]}
+            )
+        return min(int(raw), self.max_page_size)
 
 
 def error_body(message: str, details: Any = None, **extra: Any) -> dict[str, Any]:
@@ -161,6 +178,22 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
         response.data = error_body(str(detail))
     return response
+
+
+@csrf_exempt  # a JSON 404 for every method, never the CSRF check's HTML 403
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Any path under ``/api/`` that no route matches: the API's JSON 404, never Django's page.
+
+    It is the API's last route (so it answers with ``DEBUG`` on too) and Django's
+    ``handler404`` for ``/api`` itself; pages outside the API keep Django's 404.
+    """
+    if exception is not None and not _is_api_path(request.path):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse(error_body("Not found."), status=404)
+
+
+def _is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

@@ -111,3 +111,70 @@ def test_data_nested_up_to_the_limit_is_accepted(api):
     assert response.status_code == 201
 
 
+# (c) NUL IN URL IDS -> JSON 404
+
+NUL_URLS = [
+    ("get", "/api/flows/a%00b"),
+    ("put", "/api/flows/a%00b/jobs/x"),
+    ("put", "/api/flows/{flow}/jobs/a%00b"),
+    ("delete", "/api/flows/a%00b"),
+    ("post", "/api/flows/a%00b/cancel"),
+    ("post", "/api/flows/a%00b/retry"),
+    ("get", "/api/flows/a%00b/jobs"),
+    ("get", "/api/jobs/default/a%00b"),
+    ("delete", "/api/jobs/default/a%00b"),
+    ("post", "/api/jobs/default/a%00b/retry"),
+]
+
+
+@pytest.mark.parametrize("method, url", NUL_URLS)
+def test_a_nul_in_an_id_of_the_url_is_a_json_404(api, user, method, url):
+    flow = make_flow(user)
+    kwargs = {"data": {"status": "running"}, "format": "json"} if method == "put" else {}
+
+    response = getattr(api, method)(url.format(flow=flow.pk), **kwargs)
+
+    _assert_json_error(response, 404)
+
+
+# (b) UNKNOWN API PATHS AND PAGE SIZES
+
+@pytest.mark.parametrize("url", ["/api/nothing", "/api/flows/x/y/z", "/api/", "/api/jobs", "/api/a%0Ab"])
+@pytest.mark.parametrize("method", ["get", "post", "delete"])
+def test_an_unknown_api_path_is_a_json_404(api, url, method):
+    response = getattr(api, method)(url)
+
+    assert _assert_json_error(response, 404)["error"] == "Not found."
+
+
+def test_an_unknown_api_path_is_a_json_404_even_with_csrf_checks():
+    """The catch-all is a plain Django view: without csrf_exempt a POST got the CSRF check's HTML 403."""
+    response = Client(enforce_csrf_checks=True).post("/api/nothing", {"a": 1})
+
+    assert _assert_json_error(response, 404)["error"] == "Not found."
+
+
+def test_a_page_size_above_the_maximum_is_cut_down(api, user):
+    response = api.get("/api/flows", {"pageSize": 100_000})
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "1.5", ""])
+@pytest.mark.parametrize("url", ["/api/flows", "/api/jobs/default"])
+def test_a_bad_page_size_is_400(api, url, value):
+    response = api.get(url, {"pageSize": value})
+
+    assert _assert_json_error(response, 400)["details"] == {
+        "pageSize": ["Must be a positive integer (at most 500 are returned)."]
+    }
+
+
+def test_a_page_size_within_bounds_is_honoured(api, user):
+    make_flow(user), make_flow(user)
+
+    response = api.get("/api/flows", {"pageSize": 1})
+
+    assert response.status_code == 200 and len(response.json()["results"]) == 1
+
+
