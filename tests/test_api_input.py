@@ -178,3 +178,26 @@ def test_a_page_size_within_bounds_is_honoured(api, user):
     assert response.status_code == 200 and len(response.json()["results"]) == 1
 
 
+# (c) A TOKEN THAT IS NOT TEXT
+
+@pytest.mark.parametrize("header", ["Bearer \xff\xfe", "Token \xe9t\xe9", "Bearer \x00"])
+def test_a_token_of_raw_non_ascii_bytes_is_a_json_401(header):
+    response = Client().get("/api/flows", HTTP_AUTHORIZATION=header)
+
+    _assert_json_error(response, 401)
+
+
+def test_a_non_ascii_token_fails_authentication_from_drf_header_bytes():
+    from rest_framework.authentication import get_authorization_header
+    from rest_framework.exceptions import AuthenticationFailed
+    from rest_framework.test import APIRequestFactory
+
+    from accounts.authentication import BearerTokenAuthentication
+
+    request = APIRequestFactory().get("/api/flows", HTTP_AUTHORIZATION="Bearer \xff\xfe")
+    assert get_authorization_header(request) == b"Bearer \xff\xfe"
+
+    with pytest.raises(AuthenticationFailed):
+        BearerTokenAuthentication().authenticate(request)
+
+
