@@ -201,3 +201,59 @@ def test_a_non_ascii_token_fails_authentication_from_drf_header_bytes():
         BearerTokenAuthentication().authenticate(request)
 
 
+# (a) DURATIONS
+
+MAX_MS = 30 * 24 * 3600 * 1000
+
+
+@pytest.mark.parametrize(
+    "opts, path",
+    [
+        ({"attempts": 3, "backoff": 10**20}, "opts.backoff"),
+        ({"attempts": 3, "backoff": MAX_MS + 1}, "opts.backoff"),
+        ({"attempts": 3, "backoff": {"type": "exponential", "delay": 10**20}}, "opts.backoff.delay"),
+        ({"delay": MAX_MS + 1}, "opts.delay"),
+        ({"timeout": 10**20}, "opts.timeout"),
+    ],
+)
+def test_a_duration_over_the_maximum_is_400_naming_the_option(api, opts, path):
+    response = api.post("/api/jobs/default", {"name": "test-value", "opts": opts}, format="json")
+
+    details = _assert_json_error(response, 400)["details"]
+    assert details[path] == [f"Must be at most {MAX_MS} milliseconds (FLOWSITE_MAX_DURATION_MS)."]
+    assert not Job.objects.exists()
+
+
+def test_a_duration_at_the_maximum_is_accepted(api):
+    opts = {"attempts": 2, "backoff": {"type": "exponential", "delay": MAX_MS}, "delay": MAX_MS, "timeout": MAX_MS}
+
+    response = api.post("/api/jobs/default", {"name": "test-value", "opts": opts}, format="json")
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"attempts": 100, "backoff": 10**20},
+        {"attempts": 100, "backoff": {"type": "exponential", "delay": 10**20}},
+        {"attempts": 100, "backoff": {"type": "exponential", "delay": 1000}},
+    ],
+)
+def test_a_stored_backoff_never_overflows_the_retry(user, opts):
+    """Options stored before the limit existed still retry, after at most the maximum."""
+    from jobs.options import JobOptions
+    from jobs.transitions import job_fail, job_start
+
+    flow = make_flow(user, children=1)
+    leaf = Job.objects.get(flow=flow, parent__isnull=False)
+    Job.objects.filter(pk=leaf.pk).update(opts=opts, max_attempts=100, attempts_made=98)
+
+    delay = JobOptions.from_stored(opts).retry_delay_ms(99)
+    started = job_start(job_id=leaf.pk)
+    retried = job_fail(job=started, exc=RuntimeError("boom"), retry_delay_ms=delay)
+
+    assert retried and 0 < delay <= MAX_MS
+    assert Job.objects.get(pk=leaf.pk).status == JobStatus.DELAYED
+
+
