@@ -6,8 +6,6 @@ with a 4xx status; domain errors from ``jobs.exceptions`` are mapped here, once.
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs.exceptions import FlowClosed, FlowsiteError, InvalidTransition, SpecValidationError
+from jobs.validation import JSONTooDeep, json_value_errors
 
 
 class SafeJSONParser(JSONParser):
@@ -54,47 +53,15 @@ class InvalidJSONValue(exceptions.ParseError):
         self.details = details
 
 
-NOT_FINITE_MESSAGE = "Must be a finite number."
-SURROGATE_MESSAGE = "Text may not contain a lone surrogate (\\ud800-\\udfff): it cannot be encoded as UTF-8."
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _printable(key: str) -> str:
-    """A key as it can appear in an error path (the answer itself must encode as UTF-8)."""
-    return key.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def check_json_value(value: Any, *, max_depth: int) -> None:
-    """Raise ``InvalidJSONValue`` for non-finite numbers, lone surrogates or nesting deeper than ``max_depth``.
-
-    The walk is iterative, so it is safe whatever the depth; paths are the specs'
-    (``children[0].data.key``).
-    """
-    errors: dict[str, list[str]] = {}
-    stack: list[tuple[Any, str, int]] = [(value, "", 1)]
-    while stack:
-        item, path, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > max_depth:
-                raise InvalidJSONValue(
-                    f"JSON parse error - the document is nested deeper than {max_depth} levels (FLOWSITE_MAX_JSON_DEPTH).",
-                    {path or "non_field_errors": [f"At most {max_depth} levels of objects and arrays."]},
-                )
-            if isinstance(item, dict):
-                children = []
-                for key, sub in item.items():
-                    key_path = f"{path}.{_printable(key)}" if path else _printable(key)
-                    if _SURROGATE.search(key):
-                        errors.setdefault(key_path, []).append(SURROGATE_MESSAGE)
-                    children.append((sub, key_path, depth + 1))
-            else:
-                children = [(sub, f"{path}[{index}]", depth + 1) for index, sub in enumerate(item)]
-            stack.extend(reversed(children))
-        elif isinstance(item, str):
-            if _SURROGATE.search(item):
-                errors.setdefault(path or "non_field_errors", []).append(SURROGATE_MESSAGE)
-        elif isinstance(item, float) and not math.isfinite(item):
-            errors.setdefault(path or "non_field_errors", []).append(NOT_FINITE_MESSAGE)
+    """Raise ``InvalidJSONValue`` for what ``jobs.validation.json_value_errors`` finds."""
+    try:
+        errors = json_value_errors(value, max_depth=max_depth)
+    except JSONTooDeep as exc:
+        raise InvalidJSONValue(
+            f"JSON parse error - the document is nested deeper than {max_depth} levels (FLOWSITE_MAX_JSON_DEPTH).",
+            {exc.path or "non_field_errors": [f"At most {max_depth} levels of objects and arrays."]},
+        ) from None
     if errors:
         raise InvalidJSONValue("Invalid JSON value.", errors)
 

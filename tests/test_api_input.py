@@ -257,3 +257,53 @@ def test_a_stored_backoff_never_overflows_the_retry(user, opts):
     assert Job.objects.get(pk=leaf.pk).status == JobStatus.DELAYED
 
 
+# (d) A REPORT IS APPLIED WHOLE OR NOT AT ALL
+
+def test_a_report_whose_completion_fails_leaves_the_job_as_it_was(api, user, monkeypatch):
+    import jobs.services
+
+    flow = make_flow(user, children=1)
+    leaf = Job.objects.get(flow=flow, parent__isnull=False)
+    before = (leaf.status, leaf.attempts_made, flow.status)
+
+    def broken(**kwargs):
+        raise RuntimeError("the completion failed half-way")
+
+    monkeypatch.setattr(jobs.services, "job_complete", broken)
+    with pytest.raises(RuntimeError):
+        api.put(f"/api/flows/{flow.pk}/jobs/{leaf.pk}", {"status": "completed", "result": 1, "progress": 50}, format="json")
+
+    leaf.refresh_from_db()
+    flow.refresh_from_db()
+    assert (leaf.status, leaf.attempts_made, flow.status) == before == (JobStatus.WAITING, 0, FlowStatus.PENDING)
+    assert leaf.progress == 0
+
+
+def test_a_report_with_a_lone_surrogate_is_400_and_changes_nothing(api, user):
+    flow = make_flow(user, children=1)
+    leaf = Job.objects.get(flow=flow, parent__isnull=False)
+
+    response = api.put(
+        f"/api/flows/{flow.pk}/jobs/{leaf.pk}", '{"status": "completed", "result": "\\ud800"}',
+        content_type="application/json",
+    )
+
+    assert "result" in _assert_json_error(response, 400)["details"]
+    leaf.refresh_from_db()
+    flow.refresh_from_db()
+    assert (leaf.status, leaf.attempts_made, flow.status) == (JobStatus.WAITING, 0, FlowStatus.PENDING)
+
+
+def test_job_report_validates_before_any_write(user):
+    from jobs.exceptions import SpecValidationError
+    from jobs.services import job_report
+
+    flow = make_flow(user, children=1)
+    leaf = Job.objects.get(flow=flow, parent__isnull=False)
+
+    with pytest.raises(SpecValidationError):
+        job_report(job=leaf, status="completed", result="\ud800")
+
+    leaf.refresh_from_db()
+    flow.refresh_from_db()
+    assert (leaf.status, leaf.attempts_made, flow.status) == (JobStatus.WAITING, 0, FlowStatus.PENDING)
