@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.utils import timezone
 from knox.auth import TokenAuthentication
 from knox.signals import token_expired
@@ -9,6 +11,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import get_authorization_header
 
 ACCEPTED_PREFIXES = (b"bearer", b"token")
+TOKEN_BYTES = re.compile(rb"[!-~]+")
 
 
 class BearerTokenAuthentication(TokenAuthentication):
@@ -20,6 +23,11 @@ class BearerTokenAuthentication(TokenAuthentication):
             return None
         if len(auth) != 2:
             raise exceptions.AuthenticationFailed("Invalid Authorization header: expected 'Bearer <token>'.")
+        # The header arrives as raw bytes (latin-1 in WSGI and ASGI): a token is printable
+        # ASCII, and knox would decode anything else as UTF-8 and fail with a 500
+        # (UnicodeDecodeError), or look a NUL up in PostgreSQL (ValueError).
+        if not TOKEN_BYTES.fullmatch(auth[1]):
+            raise exceptions.AuthenticationFailed("Invalid token.")
         return self.authenticate_credentials(auth[1])
 
     def authenticate_header(self, request) -> str:

@@ -29,7 +29,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 
 from flows import events, selectors
-from jobs.vocabulary import ClientAction, ClientEvent
+from jobs.vocabulary import ID_PATTERN, ClientAction, ClientEvent
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ HOLD_SECONDS = 0.3
 # Flows whose order a connection remembers; the least recently heard is forgotten first.
 MAX_TRACKED_FLOWS = 1000
 # Flow ids become channel-layer group names (``^[a-zA-Z0-9\-_.]+$``, under 100 characters).
-FLOW_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+FLOW_ID_RE = re.compile(rf"^{ID_PATTERN}$")
 # Events of one seq remembered to recognise copies (many progress events may share a seq).
 COPIES_KEPT = 16
 # Sequence number of a flow's first event: a connection that has not heard of the

@@ -29,6 +29,7 @@ from jobs.models import Job
 from jobs.selectors import JOB_PAYLOAD_FIELDS, job_payload, job_payloads
 from jobs.serializers import JobOutputSerializer, JobReportInputSerializer, error_responses
 from jobs.services import job_report
+from jobs.vocabulary import ID_PATTERN
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
@@ -49,7 +50,7 @@ class FlowViewSet(viewsets.GenericViewSet):
     """Create, list, read, cancel, retry and delete flows; report jobs run elsewhere."""
 
     lookup_url_kwarg = "flow_id"
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = ID_PATTERN
     filter_backends = [DjangoFilterBackend, SearchFilter]
     filterset_class = FlowFilter
     search_fields = ["flowname", "=id"]
@@ -125,7 +126,7 @@ class FlowViewSet(viewsets.GenericViewSet):
         responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 409, 413)},
         tags=["flows"],
     )
-    @action(detail=True, methods=["put"], url_path=r"jobs/(?P<job_id>[^/]+)", filter_backends=[])
+    @action(detail=True, methods=["put"], url_path=rf"jobs/(?P<job_id>{ID_PATTERN})", filter_backends=[])
     def job(self, request, flow_id: str, job_id: str):
         report = JobReportInputSerializer(data=request.data)
         report.is_valid(raise_exception=True)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import JSONParser
@@ -18,18 +20,50 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from jobs.exceptions import FlowClosed, FlowsiteError, InvalidTransition, SpecValidationError
+from jobs.validation import JSONTooDeep, json_value_errors
 
 
 class SafeJSONParser(JSONParser):
-    """JSON parser that refuses absurdly nested bodies with a 400 instead of a RecursionError."""
+    """JSON parser that refuses, with a 400 naming the path, what Flowsite could not store.
+
+    Python's parser accepts more than PostgreSQL's ``jsonb`` and UTF-8 do: ``1e400``
+    (it becomes ``inf``), lone surrogates (``"\\ud800"``) and documents nested so deep that
+    encoding them again raises ``RecursionError``. Each once answered a 500 half-way
+    through a write; checking the parsed body once here means no view, service or
+    engine step ever sees such a value. (``NaN`` and ``Infinity`` literals are refused
+    by DRF's strict parsing already.)
+    """
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:
-            return super().parse(stream, media_type, parser_context)
+            value = super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - the document is nested too deeply.") from None
         except RequestDataTooBig as exc:
             raise PayloadTooLarge(str(exc)) from None
+        check_json_value(value, max_depth=settings.FLOWSITE_MAX_JSON_DEPTH)
+        return value
+
+
+class InvalidJSONValue(exceptions.ParseError):
+    """A body that is JSON but holds values Flowsite cannot store; ``details`` names their paths."""
+
+    def __init__(self, message: str, details: dict[str, list[str]]):
+        super().__init__(message)
+        self.details = details
+
+
+def check_json_value(value: Any, *, max_depth: int) -> None:
+    """Raise ``InvalidJSONValue`` for what ``jobs.validation.json_value_errors`` finds."""
+    try:
+        errors = json_value_errors(value, max_depth=max_depth)
+    except JSONTooDeep as exc:
+        raise InvalidJSONValue(
+            f"JSON parse error - the document is nested deeper than {max_depth} levels (FLOWSITE_MAX_JSON_DEPTH).",
+            {exc.path or "non_field_errors": [f"At most {max_depth} levels of objects and arrays."]},
+        ) from None
+    if errors:
+        raise InvalidJSONValue("Invalid JSON value.", errors)
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -39,9 +73,25 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 class Pagination(PageNumberPagination):
+    """``page`` and ``pageSize``; a ``pageSize`` that is not a positive integer is a 400.
+
+    DRF would silently fall back to the default size for ``0``, ``-1`` or ``abc``; a
+    size above ``max_page_size`` is still cut down to it (the contract's ``pageSize <= 500``).
+    """
+
     page_size = 50
     page_size_query_param = "pageSize"
     max_page_size = 500
+
+    def get_page_size(self, request):
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"Must be a positive integer (at most {self.max_page_size} are returned)."]}
+            )
+        return min(int(raw), self.max_page_size)
 
 
 def error_body(message: str, details: Any = None, **extra: Any) -> dict[str, Any]:
@@ -74,6 +124,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     """Map every error to the contract's shape; domain errors to 400/404/409."""
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge(str(exc))
+    if isinstance(exc, InvalidJSONValue):
+        return Response(error_body(str(exc.detail), exc.details), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, SpecValidationError):
         return Response(error_body(exc.message, exc.details), status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, InvalidTransition):
@@ -93,6 +145,22 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else response.data
         response.data = error_body(str(detail))
     return response
+
+
+@csrf_exempt  # a JSON 404 for every method, never the CSRF check's HTML 403
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """Any path under ``/api/`` that no route matches: the API's JSON 404, never Django's page.
+
+    It is the API's last route (so it answers with ``DEBUG`` on too) and Django's
+    ``handler404`` for ``/api`` itself; pages outside the API keep Django's 404.
+    """
+    if exception is not None and not _is_api_path(request.path):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse(error_body("Not found."), status=404)
+
+
+def _is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
 
 
 def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:

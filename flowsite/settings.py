@@ -302,6 +302,19 @@ FLOWSITE_QUEUES = env.list("FLOWSITE_QUEUES", default=["default", "video", "imag
 FLOWSITE_MAX_FLOW_DEPTH = env_int("FLOWSITE_MAX_FLOW_DEPTH", 100, minimum=1)
 FLOWSITE_MAX_FLOW_JOBS = env_int("FLOWSITE_MAX_FLOW_JOBS", 10_000, minimum=1)
 FLOWSITE_MAX_ATTEMPTS = env_int("FLOWSITE_MAX_ATTEMPTS", 100, minimum=1)
+# The longest duration option (delay, timeout, backoff) a job may have, in milliseconds:
+# larger values are refused, and a retry's exponential backoff never waits longer.
+FLOWSITE_MAX_DURATION_MS = env_int("FLOWSITE_MAX_DURATION_MS", 30 * 24 * 3600 * 1000, minimum=1)
+if FLOWSITE_MAX_DURATION_MS > 10 * 365 * 24 * 3600 * 1000:
+    raise ImproperlyConfigured("FLOWSITE_MAX_DURATION_MS must be at most ten years (315360000000).")
+# The deepest JSON a request body may nest (objects and arrays), checked as it is parsed:
+# PostgreSQL and Python's own encoder give up near 1000 levels. A flow FLOWSITE_MAX_FLOW_DEPTH
+# deep nests twice as deep (each job's children are an array), and its data a little more.
+FLOWSITE_MAX_JSON_DEPTH = env_int("FLOWSITE_MAX_JSON_DEPTH", 512, minimum=2)
+if not 2 * FLOWSITE_MAX_FLOW_DEPTH + 2 <= FLOWSITE_MAX_JSON_DEPTH <= 800:
+    raise ImproperlyConfigured(
+        "FLOWSITE_MAX_JSON_DEPTH must be at least twice FLOWSITE_MAX_FLOW_DEPTH plus 2, and at most 800."
+    )
 # Extra modules to import for ``@job_handler`` registrations (besides each app's handlers.py).
 FLOWSITE_HANDLER_MODULES = env.list("FLOWSITE_HANDLER_MODULES", default=[])
 # Simulated work of the example handlers, in milliseconds.

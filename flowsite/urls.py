@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from accounts.views import TokenCreateView
+from flowsite.api import not_found
 from flows.views import FlowViewSet
 from jobs.views import DashboardView, QueueJobViewSet, QueueViewSet
 
@@ -35,6 +36,8 @@ api_urls = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # Last: every other path under /api/ (ids outside jobs.vocabulary.ID_PATTERN too) is a JSON 404.
+    re_path(r"^[\s\S]*$", not_found),
 ]
 
 urlpatterns = [
@@ -44,3 +47,4 @@ urlpatterns = [
 ]
 
 handler400 = "flowsite.api.bad_request"
+handler404 = "flowsite.api.not_found"

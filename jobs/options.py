@@ -13,6 +13,7 @@ BACKOFF_TYPES = ("fixed", "exponential")
 MAX_PRIORITY = 2_097_152  # BullMQ's upper bound
 # Celery's Redis transport has priorities 0 (first) to 9; BullMQ's 1..N collapse onto them.
 CELERY_PRIORITY_LEVELS = 10
+MAX_DURATION_MESSAGE = "Must be at most {limit} milliseconds (FLOWSITE_MAX_DURATION_MS)."
 
 OPTION_KEYS = (
     "attempts",
@@ -43,10 +44,18 @@ class JobOptions:
         return options
 
     def backoff_ms(self, attempts_made: int) -> int:
-        """Return the wait before the next try, after ``attempts_made`` tries failed."""
-        if self.backoff_type == "exponential":
-            return self.backoff_delay_ms * 2 ** max(attempts_made - 1, 0)
-        return self.backoff_delay_ms
+        """Return the wait before the next try, after ``attempts_made`` tries failed.
+
+        Never more than ``FLOWSITE_MAX_DURATION_MS``, whatever is stored: an exponential
+        backoff doubles up to 99 times, and a wait too long for a ``datetime`` once raised
+        ``OverflowError`` in the middle of a retry, stranding the job.
+        """
+        limit = settings.FLOWSITE_MAX_DURATION_MS
+        delay = min(max(self.backoff_delay_ms, 0), limit)
+        if self.backoff_type == "exponential" and delay:
+            # Shift by at most the bits the limit has: the product stays small before min().
+            delay <<= min(max(attempts_made - 1, 0), limit.bit_length())
+        return min(delay, limit)
 
     def retry_delay_ms(self, attempts_made: int) -> int | None:
         """The wait before the next try after a failed one, or None when no attempt is left."""
@@ -76,6 +85,32 @@ def _int_option(opts: dict, key: str, path: str, errors: dict, *, minimum: int, 
     return value
 
 
+def _duration_option(opts: dict, key: str, path: str, errors: dict, *, minimum: int) -> int | None:
+    """A duration in milliseconds, at most ``FLOWSITE_MAX_DURATION_MS``.
+
+    Out of range it is an error, and clamped: options stored before the limit
+    existed (``JobOptions.from_stored`` ignores the errors) still give a usable value.
+    """
+    if key not in opts:
+        return None
+    value = opts[key]
+    if not _is_int(value):
+        errors.setdefault(f"{path}.{key}", []).append("Must be an integer.")
+        return None
+    return _duration(value, f"{path}.{key}", errors, minimum=minimum)
+
+
+def _duration(value: int, path: str, errors: dict, *, minimum: int) -> int:
+    limit = settings.FLOWSITE_MAX_DURATION_MS
+    if value < minimum:
+        errors.setdefault(path, []).append(f"Must be between {minimum} and {limit}.")
+        return minimum
+    if value > limit:
+        errors.setdefault(path, []).append(MAX_DURATION_MESSAGE.format(limit=limit))
+        return limit
+    return value
+
+
 def _bool_option(opts: dict, key: str, path: str, errors: dict, default: bool) -> bool:
     value = opts.get(key, default)
     if not isinstance(value, bool):
@@ -89,7 +124,7 @@ def _parse_backoff(value: Any, path: str, errors: dict) -> tuple[str, int]:
         if value < 0:
             errors.setdefault(path, []).append("Must be a non-negative number of milliseconds.")
             return "fixed", 0
-        return "fixed", value
+        return "fixed", _duration(value, path, errors, minimum=0)
     if not isinstance(value, dict):
         errors.setdefault(path, []).append(
             "Must be a number of milliseconds or an object {type: fixed|exponential, delay: ms}."
@@ -106,7 +141,7 @@ def _parse_backoff(value: Any, path: str, errors: dict) -> tuple[str, int]:
     if not _is_int(delay) or delay < 0:
         errors.setdefault(f"{path}.delay", []).append("Must be a non-negative integer (milliseconds).")
         delay = 0
-    return kind, delay
+    return kind, _duration(delay, f"{path}.delay", errors, minimum=0)
 
 
 def parse_job_options(opts: Any, *, path: str) -> tuple[JobOptions, dict[str, list[str]]]:
@@ -118,9 +153,10 @@ def parse_job_options(opts: Any, *, path: str) -> tuple[JobOptions, dict[str, li
     if unknown:
         errors[path] = [f"Unknown options: {', '.join(unknown)}. Allowed: {', '.join(OPTION_KEYS)}."]
     attempts = _int_option(opts, "attempts", path, errors, minimum=1, maximum=settings.FLOWSITE_MAX_ATTEMPTS)
-    delay = _int_option(opts, "delay", path, errors, minimum=0, maximum=365 * 24 * 3600 * 1000)
+    # Every duration has one upper bound, FLOWSITE_MAX_DURATION_MS.
+    delay = _duration_option(opts, "delay", path, errors, minimum=0)
     priority = _int_option(opts, "priority", path, errors, minimum=0, maximum=MAX_PRIORITY)
-    timeout = _int_option(opts, "timeout", path, errors, minimum=1, maximum=7 * 24 * 3600 * 1000)
+    timeout = _duration_option(opts, "timeout", path, errors, minimum=1)
     backoff_type, backoff_delay = ("fixed", 0)
     if "backoff" in opts:
         backoff_type, backoff_delay = _parse_backoff(opts["backoff"], f"{path}.backoff", errors)

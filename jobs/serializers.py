@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 
@@ -12,10 +13,16 @@ class JobOptionsSerializer(serializers.Serializer):
     """Documents ``opts`` (validated by ``jobs.options.parse_job_options``)."""
 
     attempts = serializers.IntegerField(required=False, min_value=1)
-    backoff = serializers.JSONField(required=False, help_text="ms, or {type: fixed|exponential, delay: ms}")
-    delay = serializers.IntegerField(required=False, min_value=0, help_text="milliseconds")
+    backoff = serializers.JSONField(
+        required=False, help_text="ms, or {type: fixed|exponential, delay: ms}; at most FLOWSITE_MAX_DURATION_MS"
+    )
+    delay = serializers.IntegerField(
+        required=False, min_value=0, max_value=settings.FLOWSITE_MAX_DURATION_MS, help_text="milliseconds"
+    )
     priority = serializers.IntegerField(required=False, min_value=0)
-    timeout = serializers.IntegerField(required=False, min_value=1, help_text="milliseconds")
+    timeout = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.FLOWSITE_MAX_DURATION_MS, help_text="milliseconds"
+    )
     failParentOnFailure = serializers.BooleanField(required=False)
     ignoreDependencyOnFailure = serializers.BooleanField(required=False)
     removeDependencyOnFailure = serializers.BooleanField(required=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F, QuerySet
@@ -22,7 +23,7 @@ from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, QueueState
 from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress, settle_flow
-from jobs.validation import NUL_MESSAGE, contains_nul, validate_job_fields
+from jobs.validation import NUL_MESSAGE, JSONTooDeep, contains_nul, json_value_errors, validate_job_fields
 from jobs.vocabulary import UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
 
 
@@ -124,32 +125,53 @@ def job_report(
     elsewhere, so Flowsite cannot retry it) and applies the job's failure policy.
     The parent and the flow follow exactly as for a job run by a worker.
     Raises ``InvalidTransition`` with the current status for any other move.
+
+    A report is applied whole or not at all: its values are checked before any
+    write, and every write is one transaction. A report that failed half-way once
+    left its job ``active`` and its flow ``running`` with nobody to finish them.
     """
-    if contains_nul([result, error, progress]):
-        raise SpecValidationError("Invalid job report.", {"non_field_errors": [NUL_MESSAGE]})
-    if job.status == JobStatus.ACTIVE:
-        started: StartedJob | None = StartedJob.from_job(job)
-    else:
-        started = job_start(job_id=job.id)
-    if started is None:
-        job.refresh_from_db(fields=["status"])
-        raise InvalidTransition(
-            f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
-        )
-    if progress is not None:
-        job_update_progress(job_id=job.id, progress=progress)
-    if status == ReportedJobStatus.COMPLETED:
-        done = job_complete(job=started, result=result)
-    elif status == ReportedJobStatus.FAILED:
-        done = job_fail(job=started, exc=ReportedJobFailure(error or "Reported as failed"), retry_delay_ms=None)
-    else:
-        done = True
-    job.refresh_from_db()
-    if not done:
-        raise InvalidTransition(
-            f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
-        )
+    _check_report_values(result=result, error=error, progress=progress)
+    with transaction.atomic():
+        if job.status == JobStatus.ACTIVE:
+            started: StartedJob | None = StartedJob.from_job(job)
+        else:
+            started = job_start(job_id=job.id)
+        if started is None:
+            job.refresh_from_db(fields=["status"])
+            raise InvalidTransition(
+                f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
+            )
+        if progress is not None:
+            job_update_progress(job_id=job.id, progress=progress)
+        if status == ReportedJobStatus.COMPLETED:
+            done = job_complete(job=started, result=result)
+        elif status == ReportedJobStatus.FAILED:
+            done = job_fail(job=started, exc=ReportedJobFailure(error or "Reported as failed"), retry_delay_ms=None)
+        else:
+            done = True
+        job.refresh_from_db()
+        if not done:
+            raise InvalidTransition(
+                f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
+            )
     return job
+
+
+def _check_report_values(*, result: Any, error: str | None, progress: Any) -> None:
+    """Raise ``SpecValidationError`` for report values PostgreSQL could not store (a report
+    may come from Python too, not only through the API's parser, which checks them as well)."""
+    try:
+        errors = json_value_errors(
+            {"result": result, "error": error, "progress": progress}, max_depth=settings.FLOWSITE_MAX_JSON_DEPTH
+        )
+    except JSONTooDeep as exc:
+        raise SpecValidationError(
+            "Invalid job report.", {exc.path: ["Nested too deeply (FLOWSITE_MAX_JSON_DEPTH)."]}
+        ) from None
+    if not errors and contains_nul([result, error, progress]):
+        errors = {"non_field_errors": [NUL_MESSAGE]}
+    if errors:
+        raise SpecValidationError("Invalid job report.", errors)
 
 
 def queue_pause(*, name: str) -> int:

@@ -17,6 +17,7 @@ from flows.selectors import flow_status_counts
 from jobs import selectors, services
 from jobs.filters import JobFilter
 from jobs.models import Job
+from jobs.vocabulary import ID_PATTERN
 from jobs.serializers import (
     error_responses,
     DashboardOutputSerializer,
@@ -42,7 +43,7 @@ class QueueJobViewSet(viewsets.GenericViewSet):
     """Jobs of one queue: list, submit, read, retry, delete."""
 
     lookup_url_kwarg = "job_id"
-    lookup_value_regex = "[^/]+"
+    lookup_value_regex = ID_PATTERN
     filter_backends = [DjangoFilterBackend]
     filterset_class = JobFilter
     serializer_class = JobOutputSerializer

@@ -130,6 +130,11 @@ class ClientAction(models.TextChoices):
     SNAPSHOT = "snapshot"
     PING = "ping"
 
+# Flow and job ids in URLs and client messages: Flowsite's own ids are uuid4 hex (32
+# characters), and flow ids also name channel-layer groups. A URL whose id is anything
+# else (a NUL, a slash-free path of junk) matches no route and answers the API's JSON 404.
+ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
+
 # The system queue of the periodic sweeps (``jobs.sweeps``): every worker consumes it
 # besides the queues it was started with, so a sweep never waits behind jobs.
 SWEEP_QUEUE = "flowsite.sweeps"

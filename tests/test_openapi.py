@@ -108,6 +108,42 @@ def test_a_request_with_a_bad_host_gets_the_apis_json_400(auth_header, host, met
     assert response.get_json() == {"error": "Invalid Host header.", "details": {}}
 
 
+# Hostile values that once answered an HTML 500 or 404 through the real WSGI app
+# (tests/test_api_input.py has them case by case): each is a JSON 4xx in the error shape.
+HOSTILE_REQUESTS = [
+    ("POST", "/api/jobs/default", '{"name": "test-value", "data": {"x": 1e400}}', 400),
+    ("POST", "/api/jobs/default", '{"name": "test-value", "data": {"flowId": "\\ud800"}}', 400),
+    ("POST", "/api/flows", '{"flowname": "\\ud800", "name": "test-value", "queueName": "default"}', 400),
+    ("POST", "/api/jobs/default", '{"name": "test-value", "data": ' + "[" * 600 + "]" * 600 + "}", 400),
+    ("POST", "/api/jobs/default", '{"name": "test-value", "opts": {"attempts": 3, "backoff": 100000000000000000000}}', 400),
+    ("GET", "/api/flows/a%00b", None, 404),
+    ("DELETE", "/api/jobs/default/a%00b", None, 404),
+    ("GET", "/api/no-such-route", None, 404),
+    ("GET", "/api/flows?pageSize=0", None, 400),
+]
+
+
+@pytest.mark.parametrize("method, path, body, status", HOSTILE_REQUESTS)
+def test_hostile_values_get_the_apis_json_errors(auth_header, method, path, body, status):
+    response = Client(application).open(
+        path, method=method, data=body, content_type="application/json",
+        headers={**auth_header, "Host": "localhost"},
+    )
+
+    assert response.status_code == status
+    assert response.content_type == "application/json"
+    assert set(response.get_json()) == {"error", "details"}
+
+
+def test_a_raw_non_ascii_token_gets_the_apis_json_401(keep_test_connection):
+    response = Client(application).get(
+        "/api/flows", environ_overrides={"HTTP_AUTHORIZATION": "Bearer \xff\xfe"}, headers={"Host": "localhost"}
+    )
+
+    assert response.status_code == 401
+    assert response.content_type == "application/json"
+
+
 def test_a_bad_host_outside_the_api_keeps_djangos_page(keep_test_connection):
     response = Client(application).get("/admin/login/", headers={"Host": ""})
 

@@ -67,3 +67,17 @@ def test_a_token_lifetime_of_zero_hours_means_tokens_never_expire(tmp_path):
 
     assert (never.returncode, never.stdout.strip()) == (0, "None"), never.stderr
     assert (day.returncode, day.stdout.strip()) == (0, "1 day, 0:00:00"), day.stderr
+
+
+def test_a_json_depth_limit_below_what_the_deepest_flow_needs_is_an_error(tmp_path):
+    result = load_settings(tmp_path, FLOWSITE_MAX_FLOW_DEPTH="100", FLOWSITE_MAX_JSON_DEPTH="150")
+
+    assert result.returncode != 0
+    assert "FLOWSITE_MAX_JSON_DEPTH must be at least twice FLOWSITE_MAX_FLOW_DEPTH plus 2" in result.stderr
+
+
+def test_a_duration_limit_a_datetime_cannot_hold_is_an_error(tmp_path):
+    result = load_settings(tmp_path, FLOWSITE_MAX_DURATION_MS=str(10**20))
+
+    assert result.returncode != 0
+    assert "FLOWSITE_MAX_DURATION_MS must be at most ten years" in result.stderr
