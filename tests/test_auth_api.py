@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
 from knox.models import AuthToken
@@ -163,3 +164,54 @@ def test_the_token_throttle_counts_requests_across_processes(user):
         assert other_process.stdout.strip().splitlines()[-1] == "429", other_process.stderr
     finally:
         cache.delete(key)
+
+
+@pytest.fixture
+def clean_throttle():
+    """The token throttle's counters start empty (they live in the shared cache, Redis)."""
+    from django.core.cache import cache
+
+    def clear():
+        keys = ["throttle_anon_127.0.0.1", "throttle_anon_203.0.113.7", "throttle_anon_198.51.100.1"]
+        keys += [f"throttle_anon_10.0.{index // 250}.{index % 250}" for index in range(100)]
+        cache.delete_many(keys)
+
+    clear()
+    yield
+    clear()
+
+
+def test_the_token_throttle_ignores_x_forwarded_for_from_the_client(user, clean_throttle):
+    """A client that sends another X-Forwarded-For with each guess is still counted by its own address."""
+    client = APIClient()
+    statuses = [
+        client.post(
+            "/api/auth/token", {"username": "alice", "password": f"guess-{index}"}, format="json",
+            HTTP_X_FORWARDED_FOR=f"10.0.{index // 250}.{index % 250}",
+        ).status_code
+        for index in range(60)
+    ]
+
+    assert statuses[:30] == [401] * 30
+    assert set(statuses[30:]) == {429}
+    right = client.post(
+        "/api/auth/token", {"username": "alice", "password": "pw-alice-123"}, format="json",
+        HTTP_X_FORWARDED_FOR="10.0.9.9",
+    )
+    assert right.status_code == 429
+
+
+def test_behind_a_trusted_proxy_the_token_throttle_counts_the_address_it_forwards(user, clean_throttle):
+    """NUM_PROXIES=1: the last X-Forwarded-For entry (added by the proxy) is the client; what precedes it is not trusted."""
+    client = APIClient()
+    with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}):
+        forged = [
+            client.post(
+                "/api/auth/token", {}, format="json", HTTP_X_FORWARDED_FOR=f"10.0.0.{index}, 203.0.113.7",
+            ).status_code
+            for index in range(31)
+        ]
+        other_client = client.post("/api/auth/token", {}, format="json", HTTP_X_FORWARDED_FOR="198.51.100.1")
+
+    assert forged == [400] * 30 + [429]
+    assert other_client.status_code == 400  # another client behind the same proxy is not throttled
