@@ -215,3 +215,79 @@ def test_behind_a_trusted_proxy_the_token_throttle_counts_the_address_it_forward
 
     assert forged == [400] * 30 + [429]
     assert other_client.status_code == 400  # another client behind the same proxy is not throttled
+
+
+def _bearer(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def test_logout_revokes_the_token_of_the_request_only(user):
+    from accounts.services import api_token_create
+
+    _, used = api_token_create(user=user)
+    _, other = api_token_create(user=user)
+
+    response = _bearer(used).post("/api/auth/logout")
+
+    assert response.status_code == 204
+    assert _bearer(used).get("/api/flows").status_code == 401
+    assert _bearer(other).get("/api/flows").status_code == 200
+    assert AuthToken.objects.filter(user=user).count() == 1
+    assert APIClient().post("/api/auth/logout/").status_code == 401
+
+
+def test_logout_all_revokes_every_token_of_the_user_and_no_one_elses(user, other_user):
+    from accounts.services import api_token_create
+
+    tokens = [api_token_create(user=user)[1] for _ in range(3)]
+    _, theirs = api_token_create(user=other_user)
+
+    response = _bearer(tokens[0]).post("/api/auth/logout-all/")
+
+    assert response.status_code == 204
+    assert [_bearer(token).get("/api/flows").status_code for token in tokens] == [401, 401, 401]
+    assert _bearer(theirs).get("/api/flows").status_code == 200
+
+
+def test_tokens_lists_the_users_tokens_without_their_secrets(user, other_user):
+    from accounts.services import api_token_create
+
+    first, first_token = api_token_create(user=user)
+    never, never_token = AuthToken.objects.create(user=user, expiry=None)
+    AuthToken.objects.create(user=user, expiry=timedelta(seconds=-1))  # expired: not listed
+    api_token_create(user=other_user)
+
+    response = _bearer(never_token).get("/api/auth/tokens")
+
+    assert response.status_code == 200
+    listed = response.json()
+    assert [entry["prefix"] for entry in listed] == [never_token[:8], first_token[:8]]  # newest first
+    assert set(listed[0]) == {"prefix", "created", "expiry", "current"}
+    assert [entry["current"] for entry in listed] == [True, False]
+    assert listed[0]["expiry"] is None and listed[1]["expiry"].startswith(str(first.expiry.year))
+    for secret in (first_token, never_token, first.digest, never.digest, first.token_key, never.token_key):
+        assert secret not in response.content.decode()
+    assert APIClient().get("/api/auth/tokens").status_code == 401
+
+
+def test_session_logout_ends_the_session(user):
+    client = APIClient(enforce_csrf_checks=False)
+    client.login(username="alice", password="pw-alice-123")
+    assert client.get("/api/auth/tokens").json() == []
+
+    assert client.post("/api/auth/logout").status_code == 204
+    assert client.get("/api/flows").status_code == 401
+
+
+def test_the_auth_endpoints_are_in_the_schema():
+    import yaml
+
+    paths = yaml.safe_load(APIClient().get("/api/schema/").content)["paths"]
+
+    assert set(paths["/api/auth/logout/"]) == {"post"}
+    assert set(paths["/api/auth/logout-all/"]) == {"post"}
+    assert set(paths["/api/auth/tokens/"]) == {"get"}
+    assert paths["/api/auth/logout/"]["post"]["tags"] == ["auth"]
+
