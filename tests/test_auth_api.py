@@ -291,3 +291,27 @@ def test_the_auth_endpoints_are_in_the_schema():
     assert set(paths["/api/auth/tokens/"]) == {"get"}
     assert paths["/api/auth/logout/"]["post"]["tags"] == ["auth"]
 
+
+
+def test_api_responses_are_not_stored_by_caches(user):
+    from accounts.services import api_token_create
+    from jobs.models import Job
+    from tests.factories import make_flow
+
+    flow = make_flow(user)
+    job = Job.objects.get(pk=flow.root_job_id)
+    client = _bearer(api_token_create(user=user)[1])
+
+    responses = {
+        "flow": client.get(f"/api/flows/{flow.pk}"),
+        "job": client.get(f"/api/jobs/{job.queue_name}/{job.pk}"),
+        "jobs": client.get(f"/api/jobs/{job.queue_name}"),
+        "401": APIClient().get(f"/api/flows/{flow.pk}"),
+        "404": client.get("/api/flows/nope"),
+        "token": APIClient().post("/api/auth/token", {"username": "alice", "password": "pw-alice-123"}, format="json"),
+    }
+
+    for name, response in responses.items():
+        assert response.status_code in (200, 201, 401, 404), name
+        assert response["Cache-Control"] == "no-store", name
+    assert "Cache-Control" not in APIClient().get("/health")
