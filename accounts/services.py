@@ -1,4 +1,4 @@
-"""API token issuance."""
+"""API token issuance and revocation."""
 
 from __future__ import annotations
 
@@ -17,3 +17,14 @@ def api_token_create(*, user: AbstractBaseUser, ttl: timedelta | None = None) ->
     """
     AuthToken.objects.filter(user=user, expiry__lt=timezone.now()).delete()
     return AuthToken.objects.create(user=user, expiry=ttl if ttl is not None else knox_settings.TOKEN_TTL)
+
+
+def api_token_revoke(*, token: AuthToken) -> None:
+    """Revoke one token: it no longer authenticates."""
+    AuthToken.objects.filter(pk=token.pk).delete()
+
+
+def api_tokens_revoke_all(*, user: AbstractBaseUser) -> int:
+    """Revoke every token of ``user``; return how many there were."""
+    deleted, _ = AuthToken.objects.filter(user=user).delete()
+    return deleted

@@ -121,6 +121,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Cache-Control: no-store on every /api/ response (job data, tokens).
+    "flowsite.middleware.NoStoreAPIMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -359,6 +361,11 @@ REST_FRAMEWORK = {
     # Always UTC with microseconds, so the lean payload paths format timestamps identically.
     "DATETIME_FORMAT": "%Y-%m-%dT%H:%M:%S.%fZ",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # Throttles (the token endpoint's) count requests per client address. 0: REMOTE_ADDR,
+    # X-Forwarded-For is ignored (any client can write it). N > 0: N trusted proxies in
+    # front of the server each append the address they saw to X-Forwarded-For, and the
+    # N-th entry from the end is the client. (DRF's default, None, would trust the header.)
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
 }
 
 # API tokens (django-rest-knox): stored hashed, revocable, expiring.

@@ -6,7 +6,6 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from accounts.views import TokenCreateView
 from flowsite.api import not_found
 from flows.views import FlowViewSet
 from jobs.views import DashboardView, QueueJobViewSet, QueueViewSet
@@ -32,7 +31,7 @@ router.register("queues", QueueViewSet, basename="queue")
 api_urls = [
     path("", include(router.urls)),
     re_path(r"^dashboard/?$", DashboardView.as_view(), name="dashboard"),
-    re_path(r"^auth/token/?$", TokenCreateView.as_view(), name="auth-token"),
+    path("auth/", include("accounts.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
 from knox.models import AuthToken
@@ -163,3 +164,154 @@ def test_the_token_throttle_counts_requests_across_processes(user):
         assert other_process.stdout.strip().splitlines()[-1] == "429", other_process.stderr
     finally:
         cache.delete(key)
+
+
+@pytest.fixture
+def clean_throttle():
+    """The token throttle's counters start empty (they live in the shared cache, Redis)."""
+    from django.core.cache import cache
+
+    def clear():
+        keys = ["throttle_anon_127.0.0.1", "throttle_anon_203.0.113.7", "throttle_anon_198.51.100.1"]
+        keys += [f"throttle_anon_10.0.{index // 250}.{index % 250}" for index in range(100)]
+        cache.delete_many(keys)
+
+    clear()
+    yield
+    clear()
+
+
+def test_the_token_throttle_ignores_x_forwarded_for_from_the_client(user, clean_throttle):
+    """A client that sends another X-Forwarded-For with each guess is still counted by its own address."""
+    client = APIClient()
+    statuses = [
+        client.post(
+            "/api/auth/token", {"username": "alice", "password": f"guess-{index}"}, format="json",
+            HTTP_X_FORWARDED_FOR=f"10.0.{index // 250}.{index % 250}",
+        ).status_code
+        for index in range(60)
+    ]
+
+    assert statuses[:30] == [401] * 30
+    assert set(statuses[30:]) == {429}
+    right = client.post(
+        "/api/auth/token", {"username": "alice", "password": "pw-alice-123"}, format="json",
+        HTTP_X_FORWARDED_FOR="10.0.9.9",
+    )
+    assert right.status_code == 429
+
+
+def test_behind_a_trusted_proxy_the_token_throttle_counts_the_address_it_forwards(user, clean_throttle):
+    """NUM_PROXIES=1: the last X-Forwarded-For entry (added by the proxy) is the client; what precedes it is not trusted."""
+    client = APIClient()
+    with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}):
+        forged = [
+            client.post(
+                "/api/auth/token", {}, format="json", HTTP_X_FORWARDED_FOR=f"10.0.0.{index}, 203.0.113.7",
+            ).status_code
+            for index in range(31)
+        ]
+        other_client = client.post("/api/auth/token", {}, format="json", HTTP_X_FORWARDED_FOR="198.51.100.1")
+
+    assert forged == [400] * 30 + [429]
+    assert other_client.status_code == 400  # another client behind the same proxy is not throttled
+
+
+def _bearer(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+def test_logout_revokes_the_token_of_the_request_only(user):
+    from accounts.services import api_token_create
+
+    _, used = api_token_create(user=user)
+    _, other = api_token_create(user=user)
+
+    response = _bearer(used).post("/api/auth/logout")
+
+    assert response.status_code == 204
+    assert _bearer(used).get("/api/flows").status_code == 401
+    assert _bearer(other).get("/api/flows").status_code == 200
+    assert AuthToken.objects.filter(user=user).count() == 1
+    assert APIClient().post("/api/auth/logout/").status_code == 401
+
+
+def test_logout_all_revokes_every_token_of_the_user_and_no_one_elses(user, other_user):
+    from accounts.services import api_token_create
+
+    tokens = [api_token_create(user=user)[1] for _ in range(3)]
+    _, theirs = api_token_create(user=other_user)
+
+    response = _bearer(tokens[0]).post("/api/auth/logout-all/")
+
+    assert response.status_code == 204
+    assert [_bearer(token).get("/api/flows").status_code for token in tokens] == [401, 401, 401]
+    assert _bearer(theirs).get("/api/flows").status_code == 200
+
+
+def test_tokens_lists_the_users_tokens_without_their_secrets(user, other_user):
+    from accounts.services import api_token_create
+
+    first, first_token = api_token_create(user=user)
+    never, never_token = AuthToken.objects.create(user=user, expiry=None)
+    AuthToken.objects.create(user=user, expiry=timedelta(seconds=-1))  # expired: not listed
+    api_token_create(user=other_user)
+
+    response = _bearer(never_token).get("/api/auth/tokens")
+
+    assert response.status_code == 200
+    listed = response.json()
+    assert [entry["prefix"] for entry in listed] == [never_token[:8], first_token[:8]]  # newest first
+    assert set(listed[0]) == {"prefix", "created", "expiry", "current"}
+    assert [entry["current"] for entry in listed] == [True, False]
+    assert listed[0]["expiry"] is None and listed[1]["expiry"].startswith(str(first.expiry.year))
+    for secret in (first_token, never_token, first.digest, never.digest, first.token_key, never.token_key):
+        assert secret not in response.content.decode()
+    assert APIClient().get("/api/auth/tokens").status_code == 401
+
+
+def test_session_logout_ends_the_session(user):
+    client = APIClient(enforce_csrf_checks=False)
+    client.login(username="alice", password="pw-alice-123")
+    assert client.get("/api/auth/tokens").json() == []
+
+    assert client.post("/api/auth/logout").status_code == 204
+    assert client.get("/api/flows").status_code == 401
+
+
+def test_the_auth_endpoints_are_in_the_schema():
+    import yaml
+
+    paths = yaml.safe_load(APIClient().get("/api/schema/").content)["paths"]
+
+    assert set(paths["/api/auth/logout/"]) == {"post"}
+    assert set(paths["/api/auth/logout-all/"]) == {"post"}
+    assert set(paths["/api/auth/tokens/"]) == {"get"}
+    assert paths["/api/auth/logout/"]["post"]["tags"] == ["auth"]
+
+
+
+def test_api_responses_are_not_stored_by_caches(user):
+    from accounts.services import api_token_create
+    from jobs.models import Job
+    from tests.factories import make_flow
+
+    flow = make_flow(user)
+    job = Job.objects.get(pk=flow.root_job_id)
+    client = _bearer(api_token_create(user=user)[1])
+
+    responses = {
+        "flow": client.get(f"/api/flows/{flow.pk}"),
+        "job": client.get(f"/api/jobs/{job.queue_name}/{job.pk}"),
+        "jobs": client.get(f"/api/jobs/{job.queue_name}"),
+        "401": APIClient().get(f"/api/flows/{flow.pk}"),
+        "404": client.get("/api/flows/nope"),
+        "token": APIClient().post("/api/auth/token", {"username": "alice", "password": "pw-alice-123"}, format="json"),
+    }
+
+    for name, response in responses.items():
+        assert response.status_code in (200, 201, 401, 404), name
+        assert response["Cache-Control"] == "no-store", name
+    assert "Cache-Control" not in APIClient().get("/health")

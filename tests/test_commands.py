@@ -110,7 +110,7 @@ def _web_processes(pid: int) -> list[int]:
     return found
 
 
-def test_up_in_service_mode_serves_the_api_from_several_processes(command_env, alice, tmp_path):
+def test_up_in_service_mode_serves_the_api_from_several_processes_and_creates_no_user(command_env, alice, tmp_path):
     import http.client
     import subprocess
     import sys
@@ -143,6 +143,11 @@ def test_up_in_service_mode_serves_the_api_from_several_processes(command_env, a
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert "service (PostgreSQL/Redis), 2 web processes" in output
+    # No superuser is made up in service mode, and no password lands in the logs or on disk.
+    assert not type(alice).objects.filter(is_superuser=True).exists()
+    assert "password" not in output.lower()
+    assert "manage.py createsuperuser" in output
+    assert not (tmp_path / "admin-password").exists()
 
 
 def test_up_refuses_several_web_processes_in_embedded_mode(tmp_path):
@@ -153,3 +158,66 @@ def test_up_refuses_several_web_processes_in_embedded_mode(tmp_path):
 
     assert result.returncode == 1
     assert "Embedded mode serves from one process" in result.stderr
+
+
+def _embedded_env(tmp_path) -> dict[str, str]:
+    import os
+
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    return {**env, "FLOWSITE_DATA_DIR": str(tmp_path)}
+
+
+def _start_and_stop_up(env: dict[str, str]) -> str:
+    """Run ``manage.py up`` until it serves, stop it, and return everything it printed."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "up", "--port", str(_free_port())],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("Flowsite ("):
+                break
+    finally:
+        server.terminate()
+        lines.append(server.communicate(timeout=30)[0])
+    output = "".join(lines)
+    assert "Flowsite (embedded" in output, output
+    return output
+
+
+def test_up_in_embedded_mode_prints_the_admin_password_once_at_creation(tmp_path):
+    import re
+    import stat
+
+    env = _embedded_env(tmp_path)
+
+    first = _start_and_stop_up(env)
+    match = re.search(r"Created admin user 'admin' with password '([^']+)'", first)
+    assert match, first
+    password = match.group(1)
+    password_file = tmp_path / "admin-password"
+    assert password_file.read_text().strip() == password  # for a local user who missed the output
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+
+    second = _start_and_stop_up(env)
+    assert password not in second and "Created admin user" not in second
+    assert "admin-password" in second  # says where to find it
+
+    # Once the admin's password is changed, the file no longer tells the truth: it goes.
+    changed = manage(
+        "shell", "-c",
+        "from django.contrib.auth.models import User; u = User.objects.get(username='admin'); "
+        "u.set_password('a-new-password-42'); u.save()",
+        env=env,
+    )
+    assert changed.returncode == 0, changed.stderr
+    third = _start_and_stop_up(env)
+    assert not password_file.exists()
+    assert password not in third and "a-new-password-42" not in third

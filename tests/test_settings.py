@@ -81,3 +81,15 @@ def test_a_duration_limit_a_datetime_cannot_hold_is_an_error(tmp_path):
 
     assert result.returncode != 0
     assert "FLOWSITE_MAX_DURATION_MS must be at most ten years" in result.stderr
+
+
+def test_throttles_trust_no_proxy_unless_num_proxies_is_set(tmp_path):
+    check = "import django; django.setup(); from rest_framework.settings import api_settings as a; print(a.NUM_PROXIES)"
+
+    default = load_settings(tmp_path, check=check)
+    one = load_settings(tmp_path, check=check, NUM_PROXIES="1")
+    junk = load_settings(tmp_path, check=check, NUM_PROXIES="-1")
+
+    assert (default.returncode, default.stdout.strip()) == (0, "0"), default.stderr  # REMOTE_ADDR, not X-Forwarded-For
+    assert (one.returncode, one.stdout.strip()) == (0, "1"), one.stderr
+    assert junk.returncode != 0 and "NUM_PROXIES must be at least 0, got -1" in junk.stderr

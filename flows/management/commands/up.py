@@ -1,4 +1,4 @@
-"""Start the whole system: migrations, an admin user, the worker or the sweeps, and the web server."""
+"""Start the whole system: migrations, an admin user (embedded mode), the worker or the sweeps, and the web server."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+# Embedded mode only: the generated admin password, readable by the local user alone (0600),
+# for whoever missed it in the first start's output. Removed once the password is changed.
 ADMIN_PASSWORD_FILE = "admin-password"
 # How long a stop waits for open requests before cancelling them.
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -18,15 +20,18 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 
 class Command(BaseCommand):
     help = (
-        "Run Flowsite: apply migrations, create the admin user if missing (and print its "
-        "credentials), start the embedded worker (embedded mode) or Celery beat for the sweeps "
-        "(service mode), and serve on HOST:PORT."
+        "Run Flowsite: apply migrations, in embedded mode create the admin user if missing (its "
+        "password is printed once) and start the embedded worker, in service mode start Celery beat "
+        "for the sweeps (create users with `manage.py createsuperuser`), and serve on HOST:PORT."
     )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--admin-user", default="admin", help="Username of the admin to create if missing.")
+        parser.add_argument(
+            "--admin-user", default="admin",
+            help="Embedded mode: username of the admin to create if missing (service mode creates no user).",
+        )
         parser.add_argument(
             "--no-worker", action="store_true", help="Do not run a worker in this process."
         )
@@ -58,7 +63,10 @@ class Command(BaseCommand):
         else:
             workers = workers or settings.WEB_CONCURRENCY
         call_command("migrate", interactive=False, verbosity=0)
-        self._ensure_admin(admin_user)
+        if settings.EMBEDDED:
+            self._ensure_admin(admin_user)
+        else:
+            self._mention_createsuperuser()
         worker = None
         if settings.EMBEDDED and not no_worker:
             from flowsite.embedded import start_embedded_worker
@@ -114,16 +122,33 @@ class Command(BaseCommand):
         return process
 
     def _ensure_admin(self, username: str) -> None:
+        """Embedded mode: create the admin if missing and print its password, once.
+
+        The password is also kept in ``FLOWSITE_DATA_DIR/admin-password`` (0600) for the
+        local user; later starts say where it is, and drop the file once it no longer
+        holds the password (changed in the admin or with ``changepassword``).
+        """
         user_model = get_user_model()
         password_file = settings.DATA_DIR / ADMIN_PASSWORD_FILE
-        if not user_model.objects.filter(username=username).exists():
+        user = user_model.objects.filter(username=username).first()
+        if user is None:
             password = secrets.token_urlsafe(12)
             user_model.objects.create_superuser(username=username, email="", password=password)
             settings.DATA_DIR.mkdir(parents=True, exist_ok=True)
-            password_file.write_text(password)
+            password_file.touch(mode=0o600)
             password_file.chmod(0o600)
+            password_file.write_text(password)
             self.stdout.write(self.style.SUCCESS(f"Created admin user {username!r} with password {password!r}"))
-        elif password_file.exists():
-            self.stdout.write(f"Admin user {username!r}, password {password_file.read_text().strip()!r}")
+            self.stdout.write(f"(printed this once; it is also in {password_file}, readable by you only)")
+        elif password_file.exists() and user.check_password(password_file.read_text().strip()):
+            self.stdout.write(f"Admin user {username!r}: its password is in {password_file}")
         else:
+            password_file.unlink(missing_ok=True)
             self.stdout.write(f"Admin user {username!r} exists (password unchanged).")
+
+    def _mention_createsuperuser(self) -> None:
+        """Service mode creates no user: its logs must not carry a password."""
+        if not get_user_model().objects.filter(is_superuser=True).exists():
+            self.stdout.write(
+                "No superuser yet: create one with `python manage.py createsuperuser` (the admin is at /admin/)."
+            )
