@@ -13,6 +13,7 @@ from django.utils import timezone
 from flows import events, planning
 from flows import status as flow_status
 from flows.exceptions import IdempotencyConflict
+from flows.locks import lock_flow
 from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
@@ -157,12 +158,16 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
     ``InvalidTransition`` if there is nothing to retry.
     """
     with transaction.atomic():
-        # Lock the flow's jobs: a sibling finishing meanwhile must not slip between
-        # our count of a parent's pending children and its reopening.
+        # One retry (or cancel, or attach) of this flow at a time (``flows.locks``): a
+        # concurrent retry waits, then finds nothing left to retry.
+        lock_flow(flow.pk)
+        # Lock the flow's jobs, in pk order: a sibling finishing meanwhile must not slip
+        # between our count of a parent's pending children and its reopening.
         rows = {
             row["id"]: row
             for row in Job.objects.select_for_update()
             .filter(flow_id=flow.pk)
+            .order_by("pk")
             .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts", "name",
                     "attempts_made")
         }
