@@ -70,13 +70,21 @@ def flow_cancel(*, flow: Flow) -> Flow:
 
     A job that starts afterwards finds itself cancelled and does nothing; a job
     already running finishes its handler, but its result is discarded. Raises
-    ``InvalidTransition`` if the flow has already finished.
+    ``InvalidTransition`` if the flow has already finished. Holds the flow's lock
+    (``flows.locks``): a job being attached meanwhile is either cancelled with the
+    rest or refused.
     """
     now = timezone.now()
     with transaction.atomic():
-        # Job rows before the flow row, as every transition locks them (no deadlock).
-        unfinished = Job.objects.filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
-        cancelled = list(unfinished.values_list("id", "name", "queue_name", "attempts_made"))
+        lock_flow(flow.pk)
+        # Job rows (in pk order) before the flow row, as every transition locks them (no
+        # deadlock). A job that finished while we waited for its lock is left out.
+        cancelled = list(
+            Job.objects.select_for_update()
+            .filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
+            .order_by("pk")
+            .values_list("id", "name", "queue_name", "attempts_made")
+        )
         Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
             status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
         )
@@ -114,6 +122,7 @@ def flow_delete(*, flow: Flow) -> None:
         except InvalidTransition:
             pass  # it finished meanwhile: nothing left to stop
     with transaction.atomic():
+        lock_flow(flow.pk)
         lock_jobs(Job.objects.filter(flow_id=flow.pk))
         outbox = events.Outbox()
         outbox.add(flow.pk, FlowEvent.DELETED, {"flowId": flow.pk})

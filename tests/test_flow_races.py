@@ -66,3 +66,28 @@ def test_concurrent_retries_of_one_flow_one_acts_the_others_409(user):
         }
         assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.WAITING_CHILDREN
     assert wrong == [], f"{len(wrong)} of 10 trials went wrong: {wrong}"
+
+
+def test_jobs_attached_while_the_flow_is_cancelled_are_refused_or_cancelled(user):
+    clients = [token_client(user) for _ in range(11)]
+    wrong = []
+    for trial in range(15):
+        flow = make_flow(user, children=2)
+        cancel = (clients[0], lambda c: c.post(f"/api/flows/{flow.pk}/cancel"))
+        attach = [
+            (client, lambda c, i=i: c.post("/api/jobs/default", {"name": "test-value", "data": {"value": i}, "flowId": flow.pk}, format="json"))
+            for i, client in enumerate(clients[1:])
+        ]
+        responses = _all_at_once([cancel, *attach])
+
+        assert responses[0].status_code == 200, responses[0].content
+        assert {response.status_code for response in responses[1:]} <= {201, 409}, [r.content for r in responses]
+        attached = [response.json()["jobId"] for response in responses[1:] if response.status_code == 201]
+        flow.refresh_from_db()
+        assert flow.status == FlowStatus.CANCELLED
+        statuses = dict(Job.objects.filter(flow=flow).values_list("id", "status"))
+        assert flow.total_jobs == len(statuses) == 3 + len(attached)
+        not_cancelled = [status for status in statuses.values() if status != JobStatus.CANCELLED]
+        if not_cancelled:
+            wrong.append((trial, not_cancelled))
+    assert wrong == [], f"{len(wrong)} of 15 trials left attached jobs open in the cancelled flow: {wrong}"
