@@ -20,6 +20,7 @@ from jobs.exceptions import InvalidTransition
 from jobs.models import Job
 from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.services import lock_jobs
+from jobs.transitions import settle_flow
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
     IGNORED_FAILURE_POLICIES,
@@ -70,11 +71,13 @@ def flow_cancel(*, flow: Flow) -> Flow:
 
     A job that starts afterwards finds itself cancelled and does nothing; a job
     already running finishes its handler, but its result is discarded. Raises
-    ``InvalidTransition`` if the flow has already finished. Holds the flow's lock
-    (``flows.locks``): a job being attached meanwhile is either cancelled with the
-    rest or refused.
+    ``InvalidTransition`` if the flow has already finished, or if all its jobs
+    have (a last job reported or completed just before: the flow is settled with
+    their outcome instead). Holds the flow's lock (``flows.locks``): a job being
+    attached meanwhile is either cancelled with the rest or refused.
     """
     now = timezone.now()
+    settled = None
     with transaction.atomic():
         lock_flow(flow.pk)
         # Job rows (in pk order) before the flow row, as every transition locks them (no
@@ -85,27 +88,36 @@ def flow_cancel(*, flow: Flow) -> Flow:
             .order_by("pk")
             .values_list("id", "name", "queue_name", "attempts_made")
         )
-        Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
-            status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
-        )
-        changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
-            status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
-        )
-        if not changed:
-            flow.refresh_from_db(fields=["status"])
-            raise InvalidTransition(
-                f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
+        if not cancelled:
+            # Every job has finished, the flow only waits for its settle: it ends with them.
+            settled = settle_flow(flow_id=flow.pk)
+        if settled is None:
+            Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
+                status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
             )
-        outbox = events.Outbox()
-        for job_id, name, queue_name, attempts_made in cancelled:
-            outbox.job_updated(
-                flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
-                attempts_made=attempts_made, error="Cancelled",
+            changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
+                status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
             )
-        outbox.flow_finished(flow.pk)
-        outbox.close()
-        job_ids = [row[0] for row in cancelled]
-        transaction.on_commit(lambda: revoke_jobs(job_ids))
+            if not changed:
+                flow.refresh_from_db(fields=["status"])
+                raise InvalidTransition(
+                    f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
+                )
+            outbox = events.Outbox()
+            for job_id, name, queue_name, attempts_made in cancelled:
+                outbox.job_updated(
+                    flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
+                    attempts_made=attempts_made, error="Cancelled",
+                )
+            outbox.flow_finished(flow.pk)
+            outbox.close()
+            job_ids = [row[0] for row in cancelled]
+            transaction.on_commit(lambda: revoke_jobs(job_ids))
+    if settled is not None:
+        raise InvalidTransition(
+            f"Flow {flow.pk} is {settled}: all its jobs had finished, it cannot be cancelled.",
+            current_status=settled,
+        )
     flow.refresh_from_db()
     return flow
 

@@ -91,3 +91,28 @@ def test_jobs_attached_while_the_flow_is_cancelled_are_refused_or_cancelled(user
         if not_cancelled:
             wrong.append((trial, not_cancelled))
     assert wrong == [], f"{len(wrong)} of 15 trials left attached jobs open in the cancelled flow: {wrong}"
+
+
+def test_a_report_and_a_cancel_of_a_one_job_flow_one_wins(user):
+    reporter, canceller = token_client(user), token_client(user)
+    wrong = []
+    for trial in range(30):
+        flow = make_flow(user, children=0)
+        job_url = f"/api/flows/{flow.pk}/jobs/{flow.root_job_id}"
+        report = (reporter, lambda c: c.put(job_url, {"status": "completed", "result": 1}, format="json"))
+        cancel = (canceller, lambda c: c.post(f"/api/flows/{flow.pk}/cancel"))
+        reported, cancelled = _all_at_once([report, cancel])
+
+        codes = (reported.status_code, cancelled.status_code)
+        if codes not in {(200, 409), (409, 200)}:
+            wrong.append((trial, codes))
+            continue
+        flow.refresh_from_db()
+        job = Job.objects.get(pk=flow.root_job_id)
+        if codes == (200, 409):
+            assert (flow.status, job.status) == (FlowStatus.COMPLETED, JobStatus.COMPLETED)
+            assert cancelled.json()["currentStatus"] == FlowStatus.COMPLETED
+        else:
+            assert (flow.status, job.status) == (FlowStatus.CANCELLED, JobStatus.CANCELLED)
+            assert reported.json()["currentStatus"] == JobStatus.CANCELLED
+    assert wrong == [], f"{len(wrong)} of 30 trials did not have exactly one winner: {wrong}"
