@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 
 from flows.models import Flow
 from jobs.models import Job
@@ -20,6 +21,10 @@ from tests.conftest import token_client
 from tests.factories import make_flow
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+# A queue no test worker consumes (the session's Celery workers may be up): the jobs stay
+# as the requests leave them.
+held_queue = override_settings(FLOWSITE_QUEUES=["held"])
 
 
 def _all_at_once(calls):
@@ -40,7 +45,7 @@ def _all_at_once(calls):
 
 
 def _failed_flow(user, children: int = 3) -> Flow:
-    flow = make_flow(user, children=children)
+    flow = make_flow(user, children=children, queue="held")
     Job.objects.filter(flow=flow, parent__isnull=False).update(
         status=JobStatus.FAILED, error="boom", error_type="ValueError"
     )
@@ -49,6 +54,7 @@ def _failed_flow(user, children: int = 3) -> Flow:
     return flow
 
 
+@held_queue
 def test_concurrent_retries_of_one_flow_one_acts_the_others_409(user):
     clients = [token_client(user) for _ in range(20)]
     wrong = []
@@ -68,14 +74,15 @@ def test_concurrent_retries_of_one_flow_one_acts_the_others_409(user):
     assert wrong == [], f"{len(wrong)} of 10 trials went wrong: {wrong}"
 
 
+@held_queue
 def test_jobs_attached_while_the_flow_is_cancelled_are_refused_or_cancelled(user):
     clients = [token_client(user) for _ in range(11)]
     wrong = []
     for trial in range(15):
-        flow = make_flow(user, children=2)
+        flow = make_flow(user, children=2, queue="held")
         cancel = (clients[0], lambda c: c.post(f"/api/flows/{flow.pk}/cancel"))
         attach = [
-            (client, lambda c, i=i: c.post("/api/jobs/default", {"name": "test-value", "data": {"value": i}, "flowId": flow.pk}, format="json"))
+            (client, lambda c, i=i: c.post("/api/jobs/held", {"name": "test-value", "data": {"value": i}, "flowId": flow.pk}, format="json"))
             for i, client in enumerate(clients[1:])
         ]
         responses = _all_at_once([cancel, *attach])
@@ -93,11 +100,12 @@ def test_jobs_attached_while_the_flow_is_cancelled_are_refused_or_cancelled(user
     assert wrong == [], f"{len(wrong)} of 15 trials left attached jobs open in the cancelled flow: {wrong}"
 
 
+@held_queue
 def test_a_report_and_a_cancel_of_a_one_job_flow_one_wins(user):
     reporter, canceller = token_client(user), token_client(user)
     wrong = []
     for trial in range(30):
-        flow = make_flow(user, children=0)
+        flow = make_flow(user, children=0, queue="held")
         job_url = f"/api/flows/{flow.pk}/jobs/{flow.root_job_id}"
         report = (reporter, lambda c: c.put(job_url, {"status": "completed", "result": 1}, format="json"))
         cancel = (canceller, lambda c: c.post(f"/api/flows/{flow.pk}/cancel"))
