@@ -13,12 +13,14 @@ from django.utils import timezone
 from flows import events, planning
 from flows import status as flow_status
 from flows.exceptions import IdempotencyConflict
+from flows.locks import lock_flow
 from flows.models import Flow, IdempotencyKey, new_flow_id
 from flows.specs import parse_flow_spec
 from jobs.exceptions import InvalidTransition
 from jobs.models import Job
 from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.services import lock_jobs
+from jobs.transitions import settle_flow
 from jobs.vocabulary import (
     CHILD_FAILED_ERROR,
     IGNORED_FAILURE_POLICIES,
@@ -68,35 +70,55 @@ def flow_cancel(*, flow: Flow) -> Flow:
     """Cancel an open flow: every unfinished job becomes ``cancelled`` and is revoked.
 
     A job that starts afterwards finds itself cancelled and does nothing; a job
-    already running is not interrupted (its handler may poll ``ctx.cancelled``), but its outcome is discarded. Raises
-    ``InvalidTransition`` if the flow has already finished.
+    already running is not interrupted (its handler may poll ``ctx.cancelled``), but its
+    outcome is discarded. Raises
+    ``InvalidTransition`` if the flow has already finished, or if all its jobs
+    have (a last job reported or completed just before: the flow is settled with
+    their outcome instead). Holds the flow's lock (``flows.locks``): a job being
+    attached meanwhile is either cancelled with the rest or refused.
     """
     now = timezone.now()
+    settled = None
     with transaction.atomic():
-        # Job rows before the flow row, as every transition locks them (no deadlock).
-        unfinished = Job.objects.filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
-        cancelled = list(unfinished.values_list("id", "name", "queue_name", "attempts_made"))
-        Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
-            status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
+        lock_flow(flow.pk)
+        # Job rows (in pk order) before the flow row, as every transition locks them (no
+        # deadlock). A job that finished while we waited for its lock is left out.
+        cancelled = list(
+            Job.objects.select_for_update()
+            .filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
+            .order_by("pk")
+            .values_list("id", "name", "queue_name", "attempts_made")
         )
-        changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
-            status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
+        if not cancelled:
+            # Every job has finished, the flow only waits for its settle: it ends with them.
+            settled = settle_flow(flow_id=flow.pk)
+        if settled is None:
+            Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
+                status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
+            )
+            changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
+                status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
+            )
+            if not changed:
+                flow.refresh_from_db(fields=["status"])
+                raise InvalidTransition(
+                    f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
+                )
+            outbox = events.Outbox()
+            for job_id, name, queue_name, attempts_made in cancelled:
+                outbox.job_updated(
+                    flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
+                    attempts_made=attempts_made, error="Cancelled",
+                )
+            outbox.flow_finished(flow.pk)
+            outbox.close()
+            job_ids = [row[0] for row in cancelled]
+            transaction.on_commit(lambda: revoke_jobs(job_ids))
+    if settled is not None:
+        raise InvalidTransition(
+            f"Flow {flow.pk} is {settled}: all its jobs had finished, it cannot be cancelled.",
+            current_status=settled,
         )
-        if not changed:
-            flow.refresh_from_db(fields=["status"])
-            raise InvalidTransition(
-                f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
-            )
-        outbox = events.Outbox()
-        for job_id, name, queue_name, attempts_made in cancelled:
-            outbox.job_updated(
-                flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
-                attempts_made=attempts_made, error="Cancelled",
-            )
-        outbox.flow_finished(flow.pk)
-        outbox.close()
-        job_ids = [row[0] for row in cancelled]
-        transaction.on_commit(lambda: revoke_jobs(job_ids))
     flow.refresh_from_db()
     return flow
 
@@ -113,6 +135,7 @@ def flow_delete(*, flow: Flow) -> None:
         except InvalidTransition:
             pass  # it finished meanwhile: nothing left to stop
     with transaction.atomic():
+        lock_flow(flow.pk)
         lock_jobs(Job.objects.filter(flow_id=flow.pk))
         outbox = events.Outbox()
         outbox.add(flow.pk, FlowEvent.DELETED, {"flowId": flow.pk})
@@ -157,12 +180,16 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
     ``InvalidTransition`` if there is nothing to retry.
     """
     with transaction.atomic():
-        # Lock the flow's jobs: a sibling finishing meanwhile must not slip between
-        # our count of a parent's pending children and its reopening.
+        # One retry (or cancel, or attach) of this flow at a time (``flows.locks``): a
+        # concurrent retry waits, then finds nothing left to retry.
+        lock_flow(flow.pk)
+        # Lock the flow's jobs, in pk order: a sibling finishing meanwhile must not slip
+        # between our count of a parent's pending children and its reopening.
         rows = {
             row["id"]: row
             for row in Job.objects.select_for_update()
             .filter(flow_id=flow.pk)
+            .order_by("pk")
             .values("id", "parent_id", "status", "error_type", "failure_policy", "queue_name", "opts", "name",
                     "attempts_made")
         }

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from flows import events
 from flows import status as flow_status
+from flows.locks import lock_flow
 from flows.models import Flow
 from flows.planning import flow_metadata
 from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
@@ -57,6 +58,9 @@ def job_submit(
     with transaction.atomic():
         flow = None
         if flow_id:
+            # Shared with other attaches, exclusive for a cancel (``flows.locks``): the flow
+            # read below is the one a concurrent cancel leaves, and cancels this job if it ran first.
+            lock_flow(flow_id, shared=True)
             flow = Flow.objects.filter(pk=flow_id).first()
             if flow is None or (owner is not None and flow.owner_id != owner.pk and not owner.is_staff):
                 raise SpecValidationError("Invalid job.", {"flowId": [f"Unknown flow {flow_id!r}."]})
