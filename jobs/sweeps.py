@@ -13,6 +13,10 @@
   is left alone (its workers are behind: that is a backlog, not a loss), and a job
   published again waits as long as it has existed before the next time (at least
   ``FLOWSITE_REDISPATCH_AFTER``), so a busy queue is not published over and over.
+- **Settle.** An open flow whose root job finished more than
+  ``FLOWSITE_REDISPATCH_AFTER`` ago is settled (``completed``/``failed`` from its
+  jobs): the worker that finished the root died between that commit and the
+  flow's own, and the redelivered message of a finished job does nothing.
 
 Service mode: Celery beat sends ``jobs.sweep`` to ``SWEEP_QUEUE``, which every
 worker consumes. Two beats (or a slow sweep overtaken by the next one) are
@@ -37,8 +41,8 @@ from django.utils import timezone
 from jobs import liveness
 from jobs.dispatch import JobRef, enqueue_jobs, queued_messages
 from jobs.models import Job, QueueState
-from jobs.transitions import fail_lost_run
-from jobs.vocabulary import JobStatus
+from jobs.transitions import fail_lost_run, settle_flow
+from jobs.vocabulary import OPEN_FLOW_STATUSES, TERMINAL_JOB_STATUSES, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,7 @@ class SweepResult:
     ran: bool = True
     stalled: dict[str, int] = field(default_factory=dict)
     redispatched: dict[str, int] = field(default_factory=dict)
+    settled_flows: int = 0
     forgotten_workers: int = 0
 
 
@@ -70,6 +75,7 @@ def sweep() -> SweepResult:
                 result.stalled[queue] = stalled
             if redispatched := redispatch_stranded(queue):
                 result.redispatched[queue] = redispatched
+        result.settled_flows = settle_finished_flows()
         result.forgotten_workers = liveness.forget_long_dead_workers()
         _count(result)
         return result
@@ -133,6 +139,26 @@ def redispatch_stranded(queue: str) -> int:
         else:
             return 0
     return len(refs)
+
+
+def settle_finished_flows() -> int:
+    """Settle the open flows whose root job finished a while ago; return how many."""
+    from django.db.models import Exists, OuterRef
+
+    from flows.models import Flow
+
+    stale = timezone.now() - timedelta(seconds=settings.FLOWSITE_REDISPATCH_AFTER)
+    finished_root = Job.objects.filter(
+        pk=OuterRef("root_job_id"), status__in=TERMINAL_JOB_STATUSES, finished_at__lt=stale
+    )
+    candidates = list(
+        Flow.objects.filter(status__in=OPEN_FLOW_STATUSES).filter(Exists(finished_root))
+        .values_list("pk", flat=True)[:REDISPATCH_BATCH]
+    )
+    settled = sum(1 for flow_id in candidates if settle_flow(flow_id=flow_id) is not None)
+    if settled:
+        logger.warning("Sweep: %d flow(s) whose last job had finished were settled", settled)
+    return settled
 
 
 def _count(result: SweepResult) -> None:

@@ -210,6 +210,30 @@ def test_a_last_attempt_lost_fails_the_flow_with_its_failure_policy(user):
     assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.FAILED
 
 
+def test_a_flow_whose_root_finished_unnoticed_is_settled_by_the_sweep(user):
+    # The worker that completed the root died before it settled the flow: the root's
+    # message, redelivered, finds the job completed and does nothing.
+    flow = flow_create(owner=user, spec=flow_of(leaf(queue=ISOLATED_QUEUE, data={"value": 1})))
+    long_ago = timezone.now() - timedelta(seconds=settings.FLOWSITE_REDISPATCH_AFTER + 1)
+    Job.objects.filter(pk=flow.root_job_id).update(status=JobStatus.COMPLETED, result=41, attempts_made=1,
+                                                   started_at=long_ago, finished_at=long_ago)
+    Flow.objects.filter(pk=flow.pk).update(status=FlowStatus.RUNNING)
+
+    assert sweeps.settle_finished_flows() == 1
+
+    flow.refresh_from_db()
+    assert (flow.status, flow.result) == (FlowStatus.COMPLETED, 41)
+    assert sweeps.settle_finished_flows() == 0
+
+
+def test_a_flow_whose_root_just_finished_is_left_to_its_worker(user):
+    flow = flow_create(owner=user, spec=flow_of(leaf(queue=ISOLATED_QUEUE, data={"value": 1})))
+    Job.objects.filter(pk=flow.root_job_id).update(status=JobStatus.COMPLETED, result=1, finished_at=timezone.now())
+    Flow.objects.filter(pk=flow.pk).update(status=FlowStatus.RUNNING)
+
+    assert sweeps.settle_finished_flows() == 0
+
+
 def test_two_sweeps_at_once_do_not_both_run(user):
     with sweeps._exclusive() as first:
         assert first
