@@ -72,12 +72,20 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int_option(opts: dict, key: str, path: str, errors: dict, *, minimum: int, maximum: int) -> int | None:
+def _given_int(opts: dict, key: str, path: str, errors: dict) -> int | None:
+    """``opts[key]`` if it is given and an integer; an error if it is given as anything else."""
     if key not in opts:
         return None
     value = opts[key]
     if not _is_int(value):
         errors.setdefault(f"{path}.{key}", []).append("Must be an integer.")
+        return None
+    return value
+
+
+def _int_option(opts: dict, key: str, path: str, errors: dict, *, minimum: int, maximum: int) -> int | None:
+    value = _given_int(opts, key, path, errors)
+    if value is None:
         return None
     if not minimum <= value <= maximum:
         errors.setdefault(f"{path}.{key}", []).append(f"Must be between {minimum} and {maximum}.")
@@ -91,11 +99,8 @@ def _duration_option(opts: dict, key: str, path: str, errors: dict, *, minimum: 
     Out of range it is an error, and clamped: options stored before the limit
     existed (``JobOptions.from_stored`` ignores the errors) still give a usable value.
     """
-    if key not in opts:
-        return None
-    value = opts[key]
-    if not _is_int(value):
-        errors.setdefault(f"{path}.{key}", []).append("Must be an integer.")
+    value = _given_int(opts, key, path, errors)
+    if value is None:
         return None
     return _duration(value, f"{path}.{key}", errors, minimum=minimum)
 
