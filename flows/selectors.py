@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta, timezone as dt_timezone
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, QuerySet, Window
+from django.db.models.functions import RowNumber, TruncHour
+from django.utils import timezone
 
 from flows.status import flow_job_counts
 from flowsite.db import load_json, prepared_cursor
 from flows.models import Flow
-from jobs.models import Job
+from jobs.models import Job, JobLog
 from jobs.selectors import JOB_STATE_FIELDS, iso, job_state_payload
 from jobs.vocabulary import FlowStatus, JobStatus
 
@@ -46,13 +49,19 @@ _JOB_STATUSES = tuple(status.value for status in JobStatus)
 _COMPLETED, _FAILED = JobStatus.COMPLETED.value, JobStatus.FAILED.value
 
 
-def flow_jobs_tree(*, flow: Flow) -> list[dict[str, Any]]:
-    """Return the flow's jobs as nested dicts (roots first, children in order), in one query."""
-    rows = list(
-        Job.objects.filter(flow_id=flow.pk)
-        .order_by("position", "created_at")
-        .values("id", "parent_id", "name", "queue_name", "status", "attempts_made", "result", "error")
-    )
+TREE_FIELDS = ("id", "parent_id", "name", "queue_name", "status", "attempts_made", "result", "error")
+# The admin's flow page shows more of each job (``flows.console``).
+CONSOLE_TREE_FIELDS = (
+    *TREE_FIELDS, "max_attempts", "progress", "data", "error_type", "created_at", "started_at", "finished_at",
+)
+
+
+def flow_jobs_tree(*, flow: Flow, fields: tuple[str, ...] = TREE_FIELDS) -> list[dict[str, Any]]:
+    """Return the flow's jobs as nested dicts (roots first, children in order), in one query.
+
+    Each job has ``fields`` (which must include ``id`` and ``parent_id``) and ``children``.
+    """
+    rows = list(Job.objects.filter(flow_id=flow.pk).order_by("position", "created_at").values(*fields))
     by_parent: dict[str | None, list[dict[str, Any]]] = {}
     for row in rows:
         by_parent.setdefault(row["parent_id"], []).append(row)
@@ -140,6 +149,37 @@ def flows_progress(*, flow_ids: list[str]) -> dict[str, dict[str, Any]]:
 def flow_jobs(*, flow: Flow, status: str | None = None) -> QuerySet[Job]:
     jobs = Job.objects.filter(flow_id=flow.pk).order_by("created_at", "position", "id")
     return jobs.filter(status=status) if status else jobs
+
+
+def flow_job_logs(*, flow: Flow, per_job: int) -> dict[str, list[dict[str, Any]]]:
+    """``{job id: [{message, created_at}...]}``: the last ``per_job`` log lines of each job, in one query."""
+    rows = (
+        JobLog.objects.filter(job__flow_id=flow.pk)
+        .annotate(rank=Window(RowNumber(), partition_by=F("job_id"), order_by=F("id").desc()))
+        .filter(rank__lte=per_job)
+        .order_by("job_id", "id")
+        .values("job_id", "message", "created_at")
+    )
+    logs: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        logs.setdefault(row["job_id"], []).append(row)
+    return logs
+
+
+def flows_created_per_hour(*, user: AbstractBaseUser, hours: int = 24) -> list[dict[str, Any]]:
+    """Flows the user may see created in each of the last ``hours`` hours, oldest first (one query).
+
+    ``[{"hour": <start of the hour, UTC>, "count": n}]``, the current hour last, empty hours included.
+    """
+    end = timezone.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=hours)
+    counted = dict(
+        flow_list_for_user(user=user).filter(created_at__gte=start)
+        .annotate(hour=TruncHour("created_at", tzinfo=dt_timezone.utc)).values("hour")
+        .annotate(n=Count("pk")).order_by().values_list("hour", "n")
+    )
+    slots = [start + timedelta(hours=index) for index in range(hours)]
+    return [{"hour": slot, "count": counted.get(slot, 0)} for slot in slots]
 
 
 def flow_status_counts(*, user: AbstractBaseUser) -> dict[str, int]:

@@ -101,7 +101,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # APPS
 # ------------------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "flowsite.admin.FlowsiteAdminConfig",  # django.contrib.admin with the console's dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -127,8 +127,14 @@ class QueueActionOutputSerializer(serializers.Serializer):
     jobsAffected = serializers.IntegerField()
 
 
+class HourCountSerializer(serializers.Serializer):
+    hour = serializers.DateTimeField(help_text="Start of the hour (UTC).")
+    count = serializers.IntegerField()
+
+
 class DashboardOutputSerializer(serializers.Serializer):
     queues = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
     queueHealth = serializers.DictField(child=QueueHealthSerializer())
     flows = serializers.DictField(child=serializers.IntegerField())
     latestFailures = JobOutputSerializer(many=True)
+    flowsPerHour = HourCountSerializer(many=True, help_text="Flows created in each of the last 24 hours, oldest first.")

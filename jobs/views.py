@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from flows.services import flow_retry
-from flows.selectors import flow_status_counts
+from flows.selectors import flow_status_counts, flows_created_per_hour
 from jobs import selectors, services
 from jobs.filters import JobFilter
 from jobs.models import Job
@@ -131,7 +131,7 @@ class QueueViewSet(viewsets.ViewSet):
 
 
 class DashboardView(APIView):
-    """Counts per queue and status, each queue's health, flows per status, and the latest failures."""
+    """Counts per queue and status, each queue's health, flows per status, the latest failures, flows per hour."""
 
     @extend_schema(responses={200: DashboardOutputSerializer, **error_responses(401)}, tags=["dashboard"])
     def get(self, request):
@@ -141,5 +141,9 @@ class DashboardView(APIView):
                 "queueHealth": selectors.queue_health(),
                 "flows": flow_status_counts(user=request.user),
                 "latestFailures": selectors.latest_failures(user=request.user),
+                "flowsPerHour": [
+                    {"hour": selectors.iso(slot["hour"]), "count": slot["count"]}
+                    for slot in flows_created_per_hour(user=request.user)
+                ],
             }
         )
