@@ -18,6 +18,8 @@ from django.db.models.functions import Coalesce, Now
 from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
@@ -54,12 +56,12 @@ class FlowAdmin(admin.ModelAdmin):
     actions = ["cancel_flows", "retry_flows", "delete_selected"]
     fieldsets = (
         (None, {"fields": (("flow_id", "flowname"), ("name", "queue_name", "owner"), ("status_badge", "progress_bar"))}),
-        ("Times", {"fields": (("created_at", "started_at", "completed_at", "duration"),)}),
+        ("Times", {"fields": (("created_at", "started_at", "completed", "duration"),)}),
         ("Outcome", {"fields": ("result_json", "error_text")}),
     )
     readonly_fields = (
         "flow_id", "flowname", "name", "queue_name", "owner", "status_badge", "progress_bar", "created_at",
-        "started_at", "completed_at", "duration", "result_json", "error_text",
+        "started_at", "completed", "duration", "result_json", "error_text",
     )
     change_form_template = "admin/flows/flow/change_form.html"
 
@@ -81,8 +83,8 @@ class FlowAdmin(admin.ModelAdmin):
 
     # COLUMNS AND FIELDS
     @admin.display(description="flowId", ordering="id")
-    def flow_id(self, flow: Flow) -> str:
-        return flow.pk
+    def flow_id(self, flow: Flow):
+        return format_html('<code class="fs-id">{}</code>', flow.pk)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, flow: Flow):
@@ -94,8 +96,13 @@ class FlowAdmin(admin.ModelAdmin):
         return console.progress_bar(progress, flow_id=flow.pk)
 
     @admin.display(description="duration", ordering="running_time")
-    def duration(self, flow: Flow) -> str:
-        return console.duration(flow.started_at, flow.completed_at)
+    def duration(self, flow: Flow):
+        return format_html('<span data-flow-duration="{}">{}</span>', flow.pk, console.duration(flow.started_at, flow.completed_at))
+
+    @admin.display(description="completed at", ordering="completed_at")
+    def completed(self, flow: Flow):
+        at = date_format(timezone.localtime(flow.completed_at), "DATETIME_FORMAT") if flow.completed_at else "-"
+        return format_html('<span data-flow-completed="{}">{}</span>', flow.pk, at)
 
     @admin.display(description="result")
     def result_json(self, flow: Flow):

@@ -152,3 +152,15 @@ def until_cancelled(ctx: JobContext):
         raise
     ctx.log("saw ctx.cancelled")
     return "stopped"
+
+
+@job_handler("test-wait-for-file")
+def wait_for_file(ctx: JobContext):
+    """Run until the file ``data.path`` exists (at most ``data.ms``, default 60 s): the test decides when it ends."""
+    path = Path(ctx.data["path"])
+    ctx.log(f"waiting for {path.name}")
+    deadline = time.monotonic() + ctx.data.get("ms", 60_000) / 1000
+    while not path.exists() and time.monotonic() < deadline and not ctx.cancelled:
+        time.sleep(0.05)
+    ctx.log("released" if path.exists() else "gave up")
+    return {"released": path.exists()}

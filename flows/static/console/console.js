@@ -125,6 +125,19 @@
     });
   }
 
+  function setFlowTimes(flow) {
+    if (!flow.startedAt) return;
+    const end = flow.completedAt ? Date.parse(flow.completedAt) : Date.now();
+    all(attr("data-flow-duration", flow.flowId)).forEach((element) => {
+      element.textContent = formatSeconds((end - Date.parse(flow.startedAt)) / 1000);
+    });
+    if (flow.completedAt) {
+      all(attr("data-flow-completed", flow.flowId)).forEach((element) => {
+        element.textContent = new Date(flow.completedAt).toLocaleString();
+      });
+    }
+  }
+
   function markDeleted(flowId) {
     setFlowStatus(flowId, "deleted");
     all(attr("data-flow-status", flowId)).forEach((element) => {
@@ -171,7 +184,9 @@
     node.appendChild(body);
     const parent = job.parentJobId && jobNode(job.parentJobId);
     const list = parent && parent.querySelector(":scope > details > ul");
-    (list || document.getElementById("fs-attached")).appendChild(node);
+    const attached = document.getElementById("fs-attached");
+    (list || attached).appendChild(node);
+    if (!list) attached.closest("[hidden]")?.removeAttribute("hidden");
     return node;
   }
 
@@ -208,7 +223,10 @@
       setFlowProgress(flowId, data.progress);
     } else if (event in finalEvents) {
       setFlowStatus(flowId, finalEvents[event]);
-      if (onFlowPage) setFlowOutcome(flowId, data.result, data.error);
+      if (onFlowPage) {
+        setFlowOutcome(flowId, data.result, data.error);
+        snapshot(flowId); // the last progress and every job's final state, at once
+      }
     } else if (event === E.DELETED) {
       markDeleted(flowId);
       if (onFlowPage) setBanner("disconnected", "This flow was deleted.");
@@ -256,6 +274,7 @@
     seqs.set(flow.flowId, flow.seq);
     setFlowStatus(flow.flowId, flow.status);
     setFlowProgress(flow.flowId, flow.progress);
+    setFlowTimes(flow);
     if (onFlowPage && flow.flowId === config.flowId) {
       if (finalStatuses.has(flow.status)) setFlowOutcome(flow.flowId, flow.result, flow.error);
       (flow.jobs || []).forEach(updateJob);
