@@ -12,6 +12,7 @@ instead: ``scripts/test`` installs Chromium from Debian's packages when it can.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from flows.models import Flow
 from flows.services import flow_create
 from jobs.models import Job
 from jobs.vocabulary import FlowStatus, JobStatus
-from tests.conftest import ISOLATED_QUEUE, wait_for
+from tests.conftest import ISOLATED_QUEUE, wait_for, wait_for_flow
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "var" / "test-artifacts"
 CHROMIUM = os.environ.get("FLOWSITE_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -144,3 +145,107 @@ def test_a_2000_job_flow_page_renders_in_the_browser(operator_page, live_asgi_se
     assert page.locator("li.fs-job").count() == 2001
     screenshot(page, "flow-page-2000-jobs.png")
     assert Flow.objects.get(pk=flow.pk).status == FlowStatus.PENDING
+
+
+def test_the_flow_page_says_it_is_disconnected_and_catches_up_after_reconnecting(
+    operator_page, live_asgi_server, tmp_path
+):
+    """The websocket goes through a Playwright route: the test cuts it and refuses reconnections
+    while the slow job completes, so the page can only learn it from its snapshot on reconnect."""
+    page = operator_page
+    release = tmp_path / "release"
+    flow = flow_create(owner=page.operator, spec={
+        "flowname": "console-reconnect", "name": "test-wait-for-file", "queueName": "default",
+        "data": {"path": str(release)},
+    })
+    slow = Job.objects.get(pk=flow.root_job_id)
+    wait_for(lambda: Job.objects.filter(pk=slow.pk, status=JobStatus.ACTIVE).exists(), message="the slow job to start")
+
+    state = {"refuse": False}
+    connections, sent = [], []
+
+    def route(ws):
+        if state["refuse"]:
+            ws.close(code=1011, reason="the test refuses")
+            return
+        server = ws.connect_to_server()
+        connections.append((ws, server))
+        ws.on_message(lambda message: (sent.append(message), server.send(message)))
+        server.on_message(ws.send)
+
+    page.route_web_socket(re.compile(r"/ws/flows/"), route)
+    page.goto(f"{live_asgi_server.url}/admin/flows/flow/{flow.pk}/change/")
+    page.wait_for_selector('#fs-live-banner[data-state="live"]')
+    page.evaluate("""() => {
+        window.fsSamePage = true;
+        window.fsStates = [];
+        const banner = document.getElementById("fs-live-banner");
+        new MutationObserver(() => fsStates.push(banner.dataset.state)).observe(banner, {attributes: true});
+    }""")
+
+    state["refuse"] = True
+    ws, server = connections[0]
+    ws.close(code=1012, reason="server restart")
+    server.close()
+    page.wait_for_function("() => fsStates.includes('disconnected')")
+    assert "reconnecting" in page.locator("#fs-live-banner").text_content()
+
+    release.write_text("go")
+
+    def completed() -> bool:
+        page.wait_for_timeout(50)  # lets Playwright answer the page's reconnection attempts meanwhile
+        return Job.objects.filter(pk=slow.pk, status=JobStatus.COMPLETED).exists()
+
+    wait_for(completed, message="the slow job to complete")
+    assert job_badge(page, slow.pk).text_content() == JobStatus.ACTIVE  # it missed the change
+
+    state["refuse"] = False
+    page.wait_for_function(
+        "([id, done]) => document.querySelector(`li.fs-job[data-job-id='${id}'] .fs-badge`).textContent === done",
+        arg=[slow.pk, JobStatus.COMPLETED],
+    )
+    assert page.evaluate("window.fsSamePage") is True
+    assert page.evaluate("fsStates.at(-1)") == "live"
+    assert len(connections) == 2
+    snapshots = [message for message in sent if '"snapshot"' in message]
+    assert len(snapshots) == 2  # one per connection
+
+
+def test_a_gap_in_seq_makes_the_flow_page_take_a_snapshot(operator_page, live_asgi_server, tmp_path):
+    """The route drops the event of the child's completion: the page sees the next seq jump and asks for a snapshot."""
+    page = operator_page
+    child_file, root_file = tmp_path / "child", tmp_path / "root"
+    flow = flow_create(owner=page.operator, spec={
+        "flowname": "console-gap", "name": "test-wait-for-file", "queueName": "default", "data": {"path": str(root_file)},
+        "children": [{"name": "test-wait-for-file", "queueName": "default", "data": {"path": str(child_file)}}],
+    })
+    child = Job.objects.get(flow=flow, parent__isnull=False)
+    wait_for(lambda: Job.objects.filter(pk=child.pk, status=JobStatus.ACTIVE).exists(), message="the child to start")
+    sent, dropped = [], []
+
+    def route(ws):
+        server = ws.connect_to_server()
+        ws.on_message(lambda message: (sent.append(message), server.send(message)))
+
+        def from_server(message):
+            if f'"jobStatus": "{JobStatus.COMPLETED}"' in message.replace('":"', '": "') and child.pk in message:
+                dropped.append(message)
+            else:
+                ws.send(message)
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/ws/flows/"), route)
+    page.goto(f"{live_asgi_server.url}/admin/flows/flow/{flow.pk}/change/")
+    page.wait_for_selector('#fs-live-banner[data-state="live"]')
+    assert job_badge(page, child.pk).text_content() == JobStatus.ACTIVE
+
+    child_file.write_text("go")
+    page.wait_for_function(
+        "([id, done]) => document.querySelector(`li.fs-job[data-job-id='${id}'] .fs-badge`).textContent === done",
+        arg=[child.pk, JobStatus.COMPLETED],
+    )
+    assert len(dropped) == 1
+    assert len([message for message in sent if '"snapshot"' in message]) == 2  # on connect, then on the gap
+    root_file.write_text("go")
+    assert wait_for_flow(flow).status == FlowStatus.COMPLETED
