@@ -132,6 +132,12 @@ def test_an_operator_watches_a_job_complete_live_and_cancels_a_flow_from_the_lis
     assert doomed.status == FlowStatus.CANCELLED
     assert page.locator(f'[data-flow-status="{doomed.pk}"]').text_content() == FlowStatus.CANCELLED
 
+    # The other pages, for the record.
+    for name, path in [("dashboard.png", "/admin/"), ("queues.png", "/admin/jobs/queuestate/"),
+                       ("job-page.png", f"/admin/jobs/job/{slow.pk}/change/")]:
+        page.goto(f"{live_asgi_server.url}{path}")
+        screenshot(page, name, full_page=True)
+
 
 def test_a_2000_job_flow_page_renders_in_the_browser(operator_page, live_asgi_server):
     page = operator_page

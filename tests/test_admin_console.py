@@ -275,7 +275,7 @@ def test_delete_action_asks_for_confirmation_then_deletes_in_each_status(root, u
     confirm = root.post(url, {"action": "delete_selected", "_selected_action": [flow.pk]})
     page = confirm.content.decode()
     assert confirm.status_code == 200 and "Are you sure" in page
-    assert f"its 3 jobs and their log lines" in page
+    assert "its 3 jobs and their log lines" in page
     assert Flow.objects.filter(pk=flow.pk).exists()
 
     done = root.post(url, {"action": "delete_selected", "_selected_action": [flow.pk], "post": "yes"}, follow=True)
