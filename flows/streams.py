@@ -304,10 +304,12 @@ class LiveConnection:
         self.present = False  # counted in ``events.presence``: workers publish while it is
 
     async def watch_all(self) -> None:
-        """Hear every flow the user may see: their own, and for staff every flow."""
-        await self._join(events.user_group(self.user.pk))
-        if self.user.is_staff:
-            await self._join(events.STAFF_GROUP)
+        """Hear every flow the user may see: their own, and for staff every flow.
+
+        Staff join only the staff group, which carries their own flows' events too:
+        in both groups, a connection would receive and drop a second copy of each.
+        """
+        await self._join(events.STAFF_GROUP if self.user.is_staff else events.user_group(self.user.pk))
 
     async def perform(self, request: Any) -> Frame:
         """Do one client action (``{"action": ..., "flowId": ...}``); return the reply frame."""
