@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 # Channel-layer message type of every event (handled by ``flow_event`` on consumers).
 MESSAGE_TYPE = "flow.event"
-# Every staff member's consumers join this group: staff see every flow.
+# The consumers of everyone who sees every flow join this group (superusers, staff with
+# flows.view_flow: accounts.permissions).
 STAFF_GROUP = "flows.staff"
 
 

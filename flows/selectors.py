@@ -9,6 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Count, QuerySet
 
+from accounts import permissions
 from flows.status import flow_job_counts
 from flowsite.db import load_json, prepared_cursor
 from flows.models import Flow
@@ -123,9 +124,9 @@ def flow_payload_of(flow: Flow) -> dict[str, Any]:
 
 
 def flow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Flow]:
-    """Flows the user may see: their own; staff see all. The job structure is not loaded."""
-    flows = Flow.objects.defer("job_structure")
-    return flows if user.is_staff else flows.filter(owner=user)
+    """Flows the user may see (``accounts.permissions``): their own, or every flow for
+    superusers and staff with ``flows.view_flow``. The job structure is not loaded."""
+    return permissions.visible(Flow.objects.defer("job_structure"), user)
 
 
 def flows_progress(*, flow_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from rest_framework.filters import SearchFilter
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework.response import Response
 
+from accounts.permissions import Action, authorize
 from flows import selectors, services
 from flows.filters import FlowFilter
 from flows.models import Flow
@@ -44,7 +45,7 @@ def flow_action_body(flow: Flow, message: str) -> dict:
 @extend_schema_view(
     list=extend_schema(responses={200: FlowOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["flows"]),
     retrieve=extend_schema(responses={200: FlowDetailOutputSerializer, **error_responses(400, 401, 404)}, tags=["flows"]),
-    destroy=extend_schema(responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 404)}, tags=["flows"]),
+    destroy=extend_schema(responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 403, 404)}, tags=["flows"]),
 )
 class FlowViewSet(viewsets.GenericViewSet):
     """Create, list, read, cancel, retry and delete flows; report jobs run elsewhere."""
@@ -93,22 +94,28 @@ class FlowViewSet(viewsets.GenericViewSet):
             flow_action_body(flow, message), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
 
-    def destroy(self, request, flow_id: str):
+    def acted_on(self, action: Action, what: str) -> Flow:
+        """The flow of the URL, if the user may see it (else 404) and do this to it (else 403)."""
         flow = self.get_object()
+        authorize(self.request.user, flow, action, what=what)
+        return flow
+
+    def destroy(self, request, flow_id: str):
+        flow = self.acted_on(Action.DELETE, "delete")
         body = flow_action_body(flow, "Flow deleted")
         services.flow_delete(flow=flow)
         return Response(body)
 
-    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["flows"])
+    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["flows"])
     @action(detail=True, methods=["post"])
     def cancel(self, request, flow_id: str):
-        flow = services.flow_cancel(flow=self.get_object())
+        flow = services.flow_cancel(flow=self.acted_on(Action.CHANGE, "cancel"))
         return Response(flow_action_body(flow, "Flow cancelled"))
 
-    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["flows"])
+    @extend_schema(request=None, responses={200: FlowActionOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["flows"])
     @action(detail=True, methods=["post"])
     def retry(self, request, flow_id: str):
-        flow = services.flow_retry(flow=self.get_object())
+        flow = services.flow_retry(flow=self.acted_on(Action.CHANGE, "retry"))
         return Response(flow_action_body(flow, "Flow retried"))
 
     @extend_schema(
@@ -123,7 +130,7 @@ class FlowViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         request=JobReportInputSerializer,
-        responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 409, 413)},
+        responses={200: JobOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)},
         tags=["flows"],
     )
     @action(detail=True, methods=["put"], url_path=rf"jobs/(?P<job_id>{ID_PATTERN})", filter_backends=[])
@@ -131,6 +138,7 @@ class FlowViewSet(viewsets.GenericViewSet):
         report = JobReportInputSerializer(data=request.data)
         report.is_valid(raise_exception=True)
         flow = self.get_object()
-        job = get_object_or_404(Job, pk=job_id, flow_id=flow.pk)
+        job = get_object_or_404(Job.objects.select_related("owner"), pk=job_id, flow_id=flow.pk)
+        authorize(request.user, job, Action.CHANGE, what="report the state of")
         job = job_report(job=job, **report.validated_data)
         return Response(job_payload(Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=job.pk)))

@@ -401,3 +401,20 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"celery": {"level": env.str("CELERY_LOG_LEVEL", default="WARNING")}},
 }
+
+# ADMIN LOGIN LOCKOUT (django-axes, accounts/lockout.py)
+# ------------------------------------------------------------------------------
+# /admin/login/ is locked for an account, and separately for a client address, after
+# FAILURE_LIMIT failed logins within the cool-off; each further attempt restarts the wait.
+# The address follows NUM_PROXIES, as the token endpoint's throttle does. Failed
+# attempts are rows in the database (every process sees them; the admin lists them).
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: turns a locked login into the lockout page
+AUTHENTICATION_BACKENDS = ["accounts.lockout.LoginLockoutBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("FLOWSITE_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("FLOWSITE_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_address"
+AXES_WHITELIST_CALLABLE = "accounts.lockout.counts_only_admin_logins"
+AXES_LOCKOUT_TEMPLATE = "accounts/lockout.html"
+AXES_HTTP_RESPONSE_CODE = 429

@@ -10,6 +10,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
 from rest_framework.settings import api_settings
 
+from accounts import permissions
 from jobs.models import Job, QueueState
 from jobs.vocabulary import JobStatus
 
@@ -64,9 +65,9 @@ def job_payload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def job_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Job]:
-    """Jobs the user may see: their own (flow jobs belong to the flow's owner); staff see all."""
-    jobs = Job.objects.all()
-    return jobs if user.is_staff else jobs.filter(owner=user)
+    """Jobs the user may see (``accounts.permissions``): their own (flow jobs belong to the
+    flow's owner), or every job for superusers and staff with ``jobs.view_job``."""
+    return permissions.visible(Job.objects.all(), user)
 
 
 def job_payloads(jobs: QuerySet[Job]) -> list[dict[str, Any]]:

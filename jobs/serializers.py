@@ -39,7 +39,7 @@ class ErrorOutputSerializer(serializers.Serializer):
 ERROR_DESCRIPTIONS = {
     400: "Invalid input",
     401: "Not authenticated",
-    403: "Not allowed (staff only)",
+    403: "Not allowed: staff only, or another user's object without the model permission",
     404: "Not found, or not yours",
     409: "Conflict with the current state",
     413: "Request body too large",

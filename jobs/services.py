@@ -15,6 +15,8 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from accounts import permissions
+from accounts.permissions import Action
 from flows import events
 from flows import status as flow_status
 from flows.locks import lock_flow
@@ -43,7 +45,9 @@ def job_submit(
     flow: it carries the flow's ``flowId`` and ``_flowMetadata``, counts in its
     progress, and the flow finishes only after it. Raises ``SpecValidationError``
     for bad input and ``FlowClosed`` if the flow has already finished. The job
-    belongs to its flow's owner, or to ``owner`` when it is standalone.
+    belongs to its flow's owner, or to ``owner`` when it is standalone. ``owner``
+    (the submitting user; None for the engine) attaches only to flows they may see
+    (another flow is unknown) and change (``accounts.permissions``: ``NotPermitted``).
     """
     node = {"name": name, "queueName": queue_name, "data": data or {}, "opts": opts or {}}
     errors: dict[str, list[str]] = {}
@@ -61,9 +65,12 @@ def job_submit(
             # Shared with other attaches, exclusive for a cancel (``flows.locks``): the flow
             # read below is the one a concurrent cancel leaves, and cancels this job if it ran first.
             lock_flow(flow_id, shared=True)
-            flow = Flow.objects.filter(pk=flow_id).first()
-            if flow is None or (owner is not None and flow.owner_id != owner.pk and not owner.is_staff):
+            flows = Flow.objects.all() if owner is None else permissions.visible(Flow.objects.all(), owner)
+            flow = flows.filter(pk=flow_id).first()
+            if flow is None:
                 raise SpecValidationError("Invalid job.", {"flowId": [f"Unknown flow {flow_id!r}."]})
+            if owner is not None:
+                permissions.authorize(owner, flow, Action.CHANGE, what="attach a job to")
             if not flow_status.flow_is_open(flow.status):
                 raise FlowClosed(f"Flow {flow_id} is {flow.status}: it accepts no more jobs.")
             data = {

@@ -12,6 +12,7 @@ from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import Action, authorize
 from flows.services import flow_retry
 from flows.selectors import flow_status_counts
 from jobs import selectors, services
@@ -37,7 +38,7 @@ def _payload(job: Job) -> dict:
 @extend_schema_view(
     list=extend_schema(responses={200: JobOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["jobs"]),
     retrieve=extend_schema(responses={200: JobOutputSerializer, **error_responses(400, 401, 404)}, tags=["jobs"]),
-    destroy=extend_schema(responses={204: None, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"]),
+    destroy=extend_schema(responses={204: None, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"]),
 )
 class QueueJobViewSet(viewsets.GenericViewSet):
     """Jobs of one queue: list, submit, read, retry, delete."""
@@ -66,7 +67,7 @@ class QueueJobViewSet(viewsets.GenericViewSet):
     def retrieve(self, request, queue_name: str, job_id: str):
         return Response(_payload(self.get_object()))
 
-    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"])
+    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"])
     def create(self, request, queue_name: str):
         data = JobSubmitInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -78,14 +79,20 @@ class QueueJobViewSet(viewsets.GenericViewSet):
         body = {"jobId": job.pk, "message": "Job submitted", "job": _payload(job)}
         return Response(body, status=status.HTTP_201_CREATED)
 
+    def acted_on(self, action: Action, what: str) -> Job:
+        """The job of the URL, if the user may see it (else 404) and do this to it (else 403)."""
+        job = self.get_object()
+        authorize(self.request.user, job, action, what=what)
+        return job
+
     def destroy(self, request, queue_name: str, job_id: str):
-        services.job_delete(job=self.get_object())
+        services.job_delete(job=self.acted_on(Action.DELETE, "delete"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"])
+    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"])
     @action(detail=True, methods=["post"], filter_backends=[])
     def retry(self, request, queue_name: str, job_id: str):
-        job = self.get_object()
+        job = self.acted_on(Action.CHANGE, "retry")
         if job.flow_id:
             flow_retry(flow=job.flow, job_id=job.pk)
         else:

@@ -126,10 +126,14 @@ def test_list_is_paginated_and_shows_only_the_users_flows(api, user, other_user)
     assert {flow["flowId"] for flow in body["results"]} <= set(Flow.objects.filter(owner=user).values_list("id", flat=True))
 
 
-def test_staff_see_every_flow(user, other_user, staff_user):
+def test_staff_see_every_flow_with_the_view_permission_only(user, other_user, staff_user):
+    from tests.factories import grant
+
     make_flow(user)
     make_flow(other_user)
+    assert token_client(staff_user).get("/api/flows").json()["count"] == 0
 
+    grant(staff_user, "flows.view_flow")
     assert token_client(staff_user).get("/api/flows").json()["count"] == 2
 
 

@@ -50,6 +50,7 @@ class Command(BaseCommand):
         **options,
     ) -> None:
         import uvicorn
+        from rest_framework.settings import api_settings
 
         if workers is not None and workers < 1:
             raise CommandError("--workers must be at least 1.")
@@ -97,6 +98,10 @@ class Command(BaseCommand):
                 # CPU than it saved (bench/events.py).
                 ws_per_message_deflate=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                # The client's address is the connection's unless NUM_PROXIES trusts proxies
+                # (the token throttle, the admin login lockout). uvicorn would otherwise take
+                # X-Forwarded-For from any client on 127.0.0.1 as the address.
+                proxy_headers=api_settings.NUM_PROXIES > 0,
             )
         finally:
             if worker is not None:
