@@ -214,7 +214,7 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
         counts, ignored = flow_status.flow_job_counts(flow_id=flow.pk)
         if flow_status.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
             Flow.objects.filter(pk=flow.pk).update(
-                status=FlowStatus.RUNNING, error="", result=None, completed_at=None, updated_at=timezone.now()
+                status=FlowStatus.RUNNING, error="", error_detail=None, result=None, completed_at=None, updated_at=timezone.now()
             )
         outbox = events.Outbox()
         for job_id in sorted(reopen) + sorted(causes):
@@ -231,7 +231,7 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
     return flow
 
 
-_RESET = {"error": "", "error_type": "", "stacktrace": "", "result": None, "started_at": None, "finished_at": None}
+_RESET = {"error": "", "error_type": "", "error_detail": None, "stacktrace": "", "result": None, "started_at": None, "finished_at": None}
 
 
 def _done_for_parent(row: dict) -> bool:

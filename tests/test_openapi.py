@@ -105,7 +105,7 @@ def test_a_request_with_a_bad_host_gets_the_apis_json_400(auth_header, host, met
 
     assert response.status_code == 400
     assert response.content_type == "application/json"
-    assert response.get_json() == {"error": "Invalid Host header.", "details": {}}
+    assert response.get_json() == {"error": "Invalid Host header.", "message": "Invalid Host header.", "details": {}}
 
 
 # Hostile values that once answered an HTML 500 or 404 through the real WSGI app
@@ -132,7 +132,8 @@ def test_hostile_values_get_the_apis_json_errors(auth_header, method, path, body
 
     assert response.status_code == status
     assert response.content_type == "application/json"
-    assert set(response.get_json()) == {"error", "details"}
+    body = response.get_json()
+    assert set(body) == {"error", "message", "details"} and body["message"] == body["error"]
 
 
 def test_a_raw_non_ascii_token_gets_the_apis_json_401(keep_test_connection):
