@@ -168,3 +168,22 @@ def test_documented_shapes_match_the_payloads_the_api_builds(django_user_model):
     assert set(FlowDetailOutputSerializer().fields) == set(flow_payload_of(flow)) | {"jobs", "jobStructure"}
     assert set(JobOutputSerializer().fields) == set(job_payload(row))
     assert set(JobStateOutputSerializer().fields) == set(job_state_payload({k: row[k] for k in JOB_STATE_FIELDS}))
+
+
+def test_the_schema_documents_the_legacy_shapes(tmp_path):
+    import yaml
+
+    call_command("spectacular", "--file", str(tmp_path / "schema.yml"))
+    document = yaml.safe_load((tmp_path / "schema.yml").read_text())
+    schemas = document["components"]["schemas"]
+
+    flows_list = document["paths"]["/api/flows/"]["get"]["parameters"]
+    assert {"page", "pageSize", "limit"} <= {parameter["name"] for parameter in flows_list}
+    assert "completed" in schemas["ProgressSummary"]["properties"]["percentage"]["description"]
+    assert {"summary"} <= set(schemas["Progress"]["properties"])
+    assert {"summary", "jobs"} <= set(schemas["FlowDetailProgress"]["properties"])
+    assert set(schemas["JobStructure"]["properties"]) == {"root"}
+    assert set(schemas["ErrorObject"]["required"]) == {"message"}
+    assert {"message", "error", "details"} <= set(schemas["ErrorOutput"]["required"])
+    report = schemas["JobReportInputRequest"]["properties"]
+    assert {"jobId", "error"} <= set(report) and len(report["error"]["oneOf"]) == 2
