@@ -94,7 +94,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
             settled = settle_flow(flow_id=flow.pk)
         if settled is None:
             Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
-                status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
+                status=JobStatus.CANCELLED, error="Cancelled", error_type="", error_detail=None, finished_at=now
             )
             changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
                 status=FlowStatus.CANCELLED, completed_at=now, updated_at=now

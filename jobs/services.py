@@ -212,7 +212,7 @@ def job_cancel(*, job: Job) -> bool:
     """Cancel one unfinished job and revoke its message; False if it had already finished."""
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
-            status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
+            status=JobStatus.CANCELLED, error="Cancelled", error_type="", error_detail=None, finished_at=timezone.now()
         )
         if changed:
             outbox = events.Outbox()

@@ -427,3 +427,19 @@ def test_the_databases_job_json_matches_the_python_payload(user):
     assert by_id[fourth.pk]["error"] == {"message": "disk full", "code": 28, "type": "IOError"}
     assert by_id[flow.root_job_id]["error"] == {"message": "Cancelled"}
     assert by_id[third.pk]["error"] is None and by_id[third.pk]["errorMessage"] is None
+
+
+def test_a_cancelled_job_shows_only_the_cancel_as_its_error(api, user):
+    flow = make_flow(user, children=1)
+    child = Job.objects.get(flow=flow, parent__isnull=False)
+    # An attempt failed and the job waits for its retry: its error is that attempt's.
+    Job.objects.filter(pk=child.pk).update(
+        status=JobStatus.DELAYED, error="disk full", error_type="OSError", error_detail={"message": "disk full"}
+    )
+
+    assert api.post(f"/api/flows/{flow.pk}/cancel").status_code == 200
+
+    jobs = {job["jobId"]: job for job in api.get(f"/api/flows/{flow.pk}/jobs").json()}
+    assert jobs[child.pk]["error"] == {"message": "Cancelled"} and jobs[child.pk]["errorType"] is None
+    child.refresh_from_db()
+    assert (child.status, child.error_type, child.error_detail) == (JobStatus.CANCELLED, "", None)
