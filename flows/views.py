@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
-from rest_framework.utils import encoders
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import SearchFilter
@@ -27,8 +24,13 @@ from flows.serializers import (
     FlowOutputSerializer,
 )
 from jobs.models import Job
-from jobs.selectors import JOB_PAYLOAD_FIELDS, job_payload, job_payloads
-from jobs.serializers import JobOutputSerializer, JobReportInputSerializer, error_responses
+from jobs.selectors import JOB_PAYLOAD_FIELDS, job_list_payloads, job_payload
+from jobs.serializers import (
+    FlowJobOutputSerializer,
+    JobReportInputSerializer,
+    JobReportOutputSerializer,
+    error_responses,
+)
 from jobs.services import job_report
 from jobs.vocabulary import ID_PATTERN
 
@@ -36,6 +38,11 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="Repeat a create safely: the same key and body return the first flow (200).",
 )
+
+
+# The legacy service's messages, which its clients may show or compare.
+FLOW_CREATED = "Flow created successfully"
+FLOW_UPDATED = "Flow updated successfully"
 
 
 def flow_action_body(flow: Flow, message: str) -> dict:
@@ -68,12 +75,7 @@ class FlowViewSet(viewsets.GenericViewSet):
 
     def retrieve(self, request, flow_id: str):
         flow = get_object_or_404(self.get_queryset().defer(None), pk=flow_id)
-        body = {**selectors.flow_payload_of(flow), "jobStructure": flow.job_structure}
-        # The jobs array arrives as JSON text (built by the database): splice it in
-        # rather than decoding and re-encoding a thousand objects.
-        head = json.dumps(body, cls=encoders.JSONEncoder, separators=(",", ":"))
-        jobs = selectors.flow_job_states_json(flow=flow)
-        return HttpResponse(f'{head[:-1]},"jobs":{jobs}}}', content_type="application/json")
+        return HttpResponse(selectors.flow_detail_json(flow=flow), content_type="application/json")
 
     @extend_schema(
         request=FlowCreateInputSerializer,
@@ -89,7 +91,7 @@ class FlowViewSet(viewsets.GenericViewSet):
             flow, created = services.flow_create_idempotent(owner=request.user, spec=request.data, key=key)
         else:
             flow, created = services.flow_create(owner=request.user, spec=request.data), True
-        message = "Flow created" if created else "Flow already created with this Idempotency-Key"
+        message = FLOW_CREATED if created else "Flow already created with this Idempotency-Key"
         return Response(
             flow_action_body(flow, message), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -119,26 +121,28 @@ class FlowViewSet(viewsets.GenericViewSet):
         return Response(flow_action_body(flow, "Flow retried"))
 
     @extend_schema(
-        parameters=[FlowJobsQuerySerializer], responses={200: JobOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["flows"]
+        parameters=[FlowJobsQuerySerializer], responses={200: FlowJobOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["flows"]
     )
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
     def jobs(self, request, flow_id: str):
         query = FlowJobsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         flow = self.get_object()
-        return Response(job_payloads(selectors.flow_jobs(flow=flow, status=query.validated_data.get("status"))))
+        return Response(job_list_payloads(selectors.flow_jobs(flow=flow, status=query.validated_data.get("status"))))
 
     @extend_schema(
         request=JobReportInputSerializer,
-        responses={200: JobOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)},
+        responses={200: JobReportOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)},
         tags=["flows"],
     )
     @action(detail=True, methods=["put"], url_path=rf"jobs/(?P<job_id>{ID_PATTERN})", filter_backends=[])
     def job(self, request, flow_id: str, job_id: str):
-        report = JobReportInputSerializer(data=request.data)
+        report = JobReportInputSerializer(data=request.data, context={"job_id": job_id})
         report.is_valid(raise_exception=True)
+        fields = {key: value for key, value in report.validated_data.items() if key != "jobId"}
         flow = self.get_object()
         job = get_object_or_404(Job.objects.select_related("owner"), pk=job_id, flow_id=flow.pk)
         authorize(request.user, job, Action.CHANGE, what="report the state of")
-        job = job_report(job=job, **report.validated_data)
-        return Response(job_payload(Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=job.pk)))
+        job = job_report(job=job, **fields)
+        body = job_payload(Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=job.pk))
+        return Response({**body, "message": FLOW_UPDATED})

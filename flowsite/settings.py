@@ -418,3 +418,4 @@ AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_address"
 AXES_WHITELIST_CALLABLE = "accounts.lockout.counts_only_admin_logins"
 AXES_LOCKOUT_TEMPLATE = "accounts/lockout.html"
 AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # no banner on every manage.py command; lockouts are still logged

@@ -49,6 +49,9 @@ class Job(models.Model):
     pending_children = models.PositiveIntegerField(default=0)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # The error object a reporter sent (``PUT /api/flows/{flowId}/jobs/{jobId}`` with
+    # ``error: {message, ...}``), kept as sent; ``error`` holds its ``message``.
+    error_detail = models.JSONField(null=True, blank=True)
     error_type = models.CharField(max_length=200, blank=True, default="")
     stacktrace = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -122,11 +122,19 @@ def jobs_requeue_interrupted() -> int:
 
 
 class ReportedJobFailure(Exception):
-    """A failure reported through the API by a job processed outside Flowsite."""
+    """A failure reported through the API by a job processed outside Flowsite.
+
+    ``detail`` is the error object the reporter sent (legacy ``{message, ...}``), if any:
+    the job keeps it as sent (``Job.error_detail``), with its ``message`` as the error text.
+    """
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 def job_report(
-    *, job: Job, status: str, result: Any = None, error: str | None = None, progress: Any = None
+    *, job: Job, status: str, result: Any = None, error: str | dict[str, Any] | None = None, progress: Any = None
 ) -> Job:
     """Apply a state reported by a job processed outside Flowsite, through the state machine.
 
@@ -136,6 +144,7 @@ def job_report(
     elsewhere, so Flowsite cannot retry it) and applies the job's failure policy.
     The parent and the flow follow exactly as for a job run by a worker.
     Raises ``InvalidTransition`` with the current status for any other move.
+    ``error`` is a text or an object whose ``message`` is the text (kept whole).
 
     A report is applied whole or not at all: its values are checked before any
     write, and every write is one transaction. A report that failed half-way once
@@ -157,7 +166,9 @@ def job_report(
         if status == ReportedJobStatus.COMPLETED:
             done = job_complete(job=started, result=result)
         elif status == ReportedJobStatus.FAILED:
-            done = job_fail(job=started, exc=ReportedJobFailure(error or "Reported as failed"), retry_delay_ms=None)
+            message, detail = (error.get("message"), error) if isinstance(error, dict) else (error, None)
+            failure = ReportedJobFailure(message or "Reported as failed", detail)
+            done = job_fail(job=started, exc=failure, retry_delay_ms=None)
         else:
             done = True
         job.refresh_from_db()
@@ -168,7 +179,7 @@ def job_report(
     return job
 
 
-def _check_report_values(*, result: Any, error: str | None, progress: Any) -> None:
+def _check_report_values(*, result: Any, error: str | dict[str, Any] | None, progress: Any) -> None:
     """Raise ``SpecValidationError`` for report values PostgreSQL could not store (a report
     may come from Python too, not only through the API's parser, which checks them as well)."""
     try:
@@ -208,7 +219,7 @@ def job_cancel(*, job: Job) -> bool:
     """Cancel one unfinished job and revoke its message; False if it had already finished."""
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
-            status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
+            status=JobStatus.CANCELLED, error="Cancelled", error_type="", error_detail=None, finished_at=timezone.now()
         )
         if changed:
             outbox = events.Outbox()
@@ -255,7 +266,7 @@ def job_retry_standalone(*, job: Job) -> Job:
     """Re-run a failed job that belongs to no flow: ``failed -> waiting``, attempts reset."""
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
-            status=JobStatus.WAITING, attempts_made=0, error="", error_type="", stacktrace="",
+            status=JobStatus.WAITING, attempts_made=0, error="", error_type="", error_detail=None, stacktrace="",
             result=None, started_at=None, finished_at=None, redispatch_at=redispatch_at(),
         )
         if not changed:
