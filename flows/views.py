@@ -132,5 +132,5 @@ class FlowViewSet(viewsets.GenericViewSet):
         report.is_valid(raise_exception=True)
         flow = self.get_object()
         job = get_object_or_404(Job, pk=job_id, flow_id=flow.pk)
-        job = job_report(job=job, **report.validated_data)
+        job = job_report(job=job, **report.to_service())
         return Response(job_payload(Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=job.pk)))

@@ -89,6 +89,17 @@ class JobReportInputSerializer(serializers.Serializer):
     result = serializers.JSONField(required=False, allow_null=True)
     error = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     progress = serializers.JSONField(required=False, allow_null=True)
+    workerId = serializers.CharField(
+        required=False, max_length=255,
+        help_text="who reports (an external worker's own id). A `running` report claims a waiting job for it; "
+        "reported again with the same workerId, `running` renews the claim (and progress). A `running` report "
+        "on a job someone else runs is 409.",
+    )
+
+    def to_service(self) -> dict:
+        """The validated report as ``jobs.services.job_report`` arguments."""
+        fields = dict(self.validated_data)
+        return {**fields, "worker_id": fields.pop("workerId", None)}
 
 
 class JobSubmitInputSerializer(serializers.Serializer):
@@ -105,6 +116,9 @@ class JobSubmitOutputSerializer(serializers.Serializer):
 
 
 class QueueHealthSerializer(serializers.Serializer):
+    external = serializers.BooleanField(
+        help_text="an external queue (FLOWSITE_EXTERNAL_QUEUES): its jobs run outside Flowsite and are reported"
+    )
     liveWorkers = serializers.IntegerField(
         help_text="worker processes consuming the queue whose heartbeat is fresh (FLOWSITE_STALLED_AFTER)"
     )
