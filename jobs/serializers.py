@@ -99,7 +99,8 @@ class JobReportInputSerializer(serializers.Serializer):
     def to_service(self) -> dict:
         """The validated report as ``jobs.services.job_report`` arguments."""
         fields = dict(self.validated_data)
-        return {**fields, "worker_id": fields.pop("workerId", None)}
+        fields["worker_id"] = fields.pop("workerId", None)
+        return fields
 
 
 class JobSubmitInputSerializer(serializers.Serializer):
