@@ -83,9 +83,11 @@ def sweep() -> SweepResult:
                 release_due_jobs(queue=queue)
             elif redispatched := redispatch_stranded(queue):
                 result.redispatched[queue] = redispatched
+            # Counted at once, not after the other queues: the jobs published here may
+            # finish (and be looked at) before this sweep is over.
+            _count(queue, stalled=stalled, redispatched=result.redispatched.get(queue, 0))
         result.settled_flows = settle_finished_flows()
         result.forgotten_workers = liveness.forget_long_dead_workers()
-        _count(result)
         return result
 
 
@@ -173,13 +175,13 @@ def settle_finished_flows() -> int:
     return settled
 
 
-def _count(result: SweepResult) -> None:
-    for queue in {*result.stalled, *result.redispatched}:
-        QueueState.objects.get_or_create(name=queue)
-        QueueState.objects.filter(name=queue).update(
-            stalled_total=F("stalled_total") + result.stalled.get(queue, 0),
-            redispatched_total=F("redispatched_total") + result.redispatched.get(queue, 0),
-        )
+def _count(queue: str, *, stalled: int, redispatched: int) -> None:
+    if not (stalled or redispatched):
+        return
+    QueueState.objects.get_or_create(name=queue)
+    QueueState.objects.filter(name=queue).update(
+        stalled_total=F("stalled_total") + stalled, redispatched_total=F("redispatched_total") + redispatched,
+    )
 
 
 class _exclusive:
