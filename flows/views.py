@@ -32,17 +32,12 @@ from jobs.serializers import (
     error_responses,
 )
 from jobs.services import job_report
-from jobs.vocabulary import ID_PATTERN
+from jobs.vocabulary import FLOW_CREATED_MESSAGE, FLOW_UPDATED_MESSAGE, ID_PATTERN
 
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
     description="Repeat a create safely: the same key and body return the first flow (200).",
 )
-
-
-# The legacy service's messages, which its clients may show or compare.
-FLOW_CREATED = "Flow created successfully"
-FLOW_UPDATED = "Flow updated successfully"
 
 
 def flow_action_body(flow: Flow, message: str) -> dict:
@@ -91,7 +86,7 @@ class FlowViewSet(viewsets.GenericViewSet):
             flow, created = services.flow_create_idempotent(owner=request.user, spec=request.data, key=key)
         else:
             flow, created = services.flow_create(owner=request.user, spec=request.data), True
-        message = FLOW_CREATED if created else "Flow already created with this Idempotency-Key"
+        message = FLOW_CREATED_MESSAGE if created else "Flow already created with this Idempotency-Key"
         return Response(
             flow_action_body(flow, message), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
@@ -139,10 +134,9 @@ class FlowViewSet(viewsets.GenericViewSet):
     def job(self, request, flow_id: str, job_id: str):
         report = JobReportInputSerializer(data=request.data, context={"job_id": job_id})
         report.is_valid(raise_exception=True)
-        fields = {key: value for key, value in report.validated_data.items() if key != "jobId"}
         flow = self.get_object()
         job = get_object_or_404(Job.objects.select_related("owner"), pk=job_id, flow_id=flow.pk)
         authorize(request.user, job, Action.CHANGE, what="report the state of")
-        job = job_report(job=job, **fields)
+        job = job_report(job=job, **report.to_service())
         body = job_payload(Job.objects.values(*JOB_PAYLOAD_FIELDS).get(pk=job.pk))
-        return Response({**body, "message": FLOW_UPDATED})
+        return Response({**body, "message": FLOW_UPDATED_MESSAGE})

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.vocabulary import DEFAULT_QUEUES, LEGACY_QUEUES, RESERVED_QUEUES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -299,8 +301,26 @@ else:
 
 # FLOWSITE
 # ------------------------------------------------------------------------------
-# Queues a job may be sent to; workers consume them with ``-Q``.
-FLOWSITE_QUEUES = env.list("FLOWSITE_QUEUES", default=["default", "video", "image"])
+# Queues a job may be sent to; workers consume them with ``-Q``. The default includes
+# the legacy service's queue names (jobs/vocabulary.py).
+FLOWSITE_QUEUES = env.list("FLOWSITE_QUEUES", default=[*DEFAULT_QUEUES, *LEGACY_QUEUES])
+# External queues: their jobs run outside Flowsite. Any job name is accepted on them,
+# nothing is published to Celery, and their state changes only through reports
+# (PUT /api/flows/{flowId}/jobs/{jobId}, PUT /api/jobs/{queueName}/{jobId}). A run
+# claimed by a report and not reported on for EXTERNAL_STALLED_AFTER seconds is lost.
+FLOWSITE_EXTERNAL_QUEUES = env.list("FLOWSITE_EXTERNAL_QUEUES", default=[])
+FLOWSITE_EXTERNAL_STALLED_AFTER = env_int("FLOWSITE_EXTERNAL_STALLED_AFTER", 3600, minimum=1)
+if set(FLOWSITE_QUEUES) & set(FLOWSITE_EXTERNAL_QUEUES):
+    raise ImproperlyConfigured(
+        "FLOWSITE_QUEUES and FLOWSITE_EXTERNAL_QUEUES overlap: "
+        f"{', '.join(sorted(set(FLOWSITE_QUEUES) & set(FLOWSITE_EXTERNAL_QUEUES)))}. "
+        "A queue is worked by Flowsite's workers or by an external system, not both."
+    )
+if reserved := sorted((set(FLOWSITE_QUEUES) | set(FLOWSITE_EXTERNAL_QUEUES)) & RESERVED_QUEUES):
+    raise ImproperlyConfigured(
+        f"Queue name(s) {', '.join(reserved)} are reserved (webhook deliveries, the sweeps): "
+        "FLOWSITE_QUEUES and FLOWSITE_EXTERNAL_QUEUES may not name them."
+    )
 FLOWSITE_MAX_FLOW_DEPTH = env_int("FLOWSITE_MAX_FLOW_DEPTH", 100, minimum=1)
 FLOWSITE_MAX_FLOW_JOBS = env_int("FLOWSITE_MAX_FLOW_JOBS", 10_000, minimum=1)
 FLOWSITE_MAX_ATTEMPTS = env_int("FLOWSITE_MAX_ATTEMPTS", 100, minimum=1)

@@ -60,6 +60,11 @@ class Job(models.Model):
     # The worker process that started the current run (``jobs.liveness``), written by the
     # start statement itself. Empty for a job made active by an external report.
     worker_id = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    # A run claimed by a report (``jobs.services.job_report``): the ``workerId`` the claim
+    # named, if any, and when the run was last reported on. Such a run has no worker
+    # heartbeat; it is lost after ``FLOWSITE_EXTERNAL_STALLED_AFTER`` seconds without a report.
+    claimed_by = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    reported_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the sweep publishes this job's message again if it is still ``waiting`` or
     # ``delayed`` (``jobs.sweeps``): set with every status change that publishes it.
     redispatch_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, QuerySet
 from rest_framework.settings import api_settings
 
 from accounts import permissions
 from jobs.models import Job, QueueState
+from jobs.queues import is_external, job_queues
 from jobs.vocabulary import JobStatus
 
 def iso(value: datetime | None) -> str | None:
@@ -129,7 +129,7 @@ def job_payloads(jobs: QuerySet[Job]) -> list[dict[str, Any]]:
 
 def queue_status_counts(*, user: AbstractBaseUser) -> dict[str, dict[str, int]]:
     """``{queue: {status: n}}`` for every allowed queue, every status present (one query)."""
-    counts = {queue: {status.value: 0 for status in JobStatus} for queue in settings.FLOWSITE_QUEUES}
+    counts = {queue: {status.value: 0 for status in JobStatus} for queue in job_queues()}
     rows = job_list_for_user(user=user).values("queue_name", "status").annotate(n=Count("pk")).order_by()
     for row in rows:
         if row["queue_name"] in counts:
@@ -148,16 +148,18 @@ def queue_health() -> dict[str, dict[str, Any]]:
     from jobs.liveness import live_workers_per_queue
 
     now = timezone.now()
+    queues = job_queues()
     workers = live_workers_per_queue()
     oldest = dict(
-        Job.objects.filter(status=JobStatus.WAITING, queue_name__in=settings.FLOWSITE_QUEUES)
+        Job.objects.filter(status=JobStatus.WAITING, queue_name__in=queues)
         .values("queue_name").annotate(oldest=Min("created_at")).order_by().values_list("queue_name", "oldest")
     )
-    states = {state.name: state for state in QueueState.objects.filter(name__in=settings.FLOWSITE_QUEUES)}
+    states = {state.name: state for state in QueueState.objects.filter(name__in=queues)}
     health = {}
-    for name in settings.FLOWSITE_QUEUES:
+    for name in queues:
         state = states.get(name)
         health[name] = {
+            "external": is_external(name),
             "liveWorkers": workers.get(name, 0),
             "oldestWaitingSeconds": round((now - oldest[name]).total_seconds(), 1) if name in oldest else None,
             "stalledTotal": state.stalled_total if state else 0,

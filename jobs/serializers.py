@@ -6,7 +6,7 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema_field
 from rest_framework import serializers
 
-from jobs.vocabulary import JobStatus, ReportedJobStatus
+from jobs.vocabulary import FLOW_UPDATED_MESSAGE, JobStatus, ReportedJobStatus
 
 
 class JobOptionsSerializer(serializers.Serializer):
@@ -153,6 +153,19 @@ class JobReportInputSerializer(serializers.Serializer):
     result = serializers.JSONField(required=False, allow_null=True)
     error = ReportedErrorField(required=False, allow_null=True)
     progress = serializers.JSONField(required=False, allow_null=True)
+    workerId = serializers.CharField(
+        required=False, max_length=255,
+        help_text="who reports (an external worker's own id). A `running` report claims a waiting job for it; "
+        "reported again with the same workerId, `running` renews the claim (and progress). A `running` report "
+        "on a job someone else runs is 409.",
+    )
+
+    def to_service(self) -> dict:
+        """The validated report as ``jobs.services.job_report`` arguments."""
+        fields = dict(self.validated_data)
+        fields.pop("jobId", None)  # checked against the URL's (``validate_jobId``)
+        fields["worker_id"] = fields.pop("workerId", None)
+        return fields
 
     def validate_jobId(self, value: str) -> str:
         if value != self.context["job_id"]:
@@ -163,7 +176,7 @@ class JobReportInputSerializer(serializers.Serializer):
 
 
 class JobReportOutputSerializer(JobOutputSerializer):
-    message = serializers.CharField(help_text="`Flow updated successfully`")
+    message = serializers.CharField(help_text=f"`{FLOW_UPDATED_MESSAGE}`")
 
 
 class JobSubmitInputSerializer(serializers.Serializer):
@@ -180,6 +193,9 @@ class JobSubmitOutputSerializer(serializers.Serializer):
 
 
 class QueueHealthSerializer(serializers.Serializer):
+    external = serializers.BooleanField(
+        help_text="an external queue (FLOWSITE_EXTERNAL_QUEUES): its jobs run outside Flowsite and are reported"
+    )
     liveWorkers = serializers.IntegerField(
         help_text="worker processes consuming the queue whose heartbeat is fresh (FLOWSITE_STALLED_AFTER)"
     )

@@ -7,6 +7,7 @@ are published after commit (``jobs.dispatch``).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -25,9 +26,9 @@ from flows.planning import flow_metadata
 from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, QueueState
-from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress, settle_flow
+from jobs.transitions import StartedJob, job_complete, job_fail, job_update_progress, settle_flow
 from jobs.validation import NUL_MESSAGE, JSONTooDeep, contains_nul, json_value_errors, validate_job_fields
-from jobs.vocabulary import UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
+from jobs.vocabulary import STARTABLE_JOB_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
 
 
 def job_submit(
@@ -134,12 +135,15 @@ class ReportedJobFailure(Exception):
 
 
 def job_report(
-    *, job: Job, status: str, result: Any = None, error: str | dict[str, Any] | None = None, progress: Any = None
+    *, job: Job, status: str, result: Any = None, error: str | dict[str, Any] | None = None, progress: Any = None,
+    worker_id: str | None = None,
 ) -> Job:
     """Apply a state reported by a job processed outside Flowsite, through the state machine.
 
-    ``running`` starts the job (``waiting|delayed -> active``; reporting it again
-    only updates progress). ``completed`` and ``failed`` finish it, starting it
+    ``running`` claims the job (``waiting|delayed -> active``, see ``_claim_run``):
+    of concurrent claimers exactly one wins, the others get ``InvalidTransition``.
+    Reported again by its claimer (the same ``worker_id``) it updates progress and
+    keeps the run alive. ``completed`` and ``failed`` finish the job, claiming it
     first if it was still waiting; a reported failure is final (the job ran
     elsewhere, so Flowsite cannot retry it) and applies the job's failure policy.
     The parent and the flow follow exactly as for a job run by a worker.
@@ -152,15 +156,7 @@ def job_report(
     """
     _check_report_values(result=result, error=error, progress=progress)
     with transaction.atomic():
-        if job.status == JobStatus.ACTIVE:
-            started: StartedJob | None = StartedJob.from_job(job)
-        else:
-            started = job_start(job_id=job.id)
-        if started is None:
-            job.refresh_from_db(fields=["status"])
-            raise InvalidTransition(
-                f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
-            )
+        started = _claim_run(job=job, status=status, worker_id=worker_id)
         if progress is not None:
             job_update_progress(job_id=job.id, progress=progress)
         if status == ReportedJobStatus.COMPLETED:
@@ -177,6 +173,53 @@ def job_report(
                 f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
             )
     return job
+
+
+def _claim_run(*, job: Job, status: str, worker_id: str | None) -> StartedJob:
+    """Start the run a report claims, or find the run it continues; else raise ``InvalidTransition``.
+
+    A startable job is claimed by one conditional update (no worker, the report's
+    ``worker_id`` and time recorded): of concurrent claimers exactly one wins. On an
+    ``active`` job, a report continues the run only if it names the claim's
+    ``worker_id``; ``completed``/``failed`` naming none are accepted too (legacy
+    reporters send no id), but ``running`` naming none claims nothing: someone else
+    runs the job. A continuing report renews ``reported_at`` (``jobs.sweeps``).
+    """
+    now = timezone.now()
+    paused = QueueState.objects.filter(paused=True).values("name")
+    claimed = (
+        Job.objects.filter(pk=job.pk, status__in=STARTABLE_JOB_STATUSES)
+        .exclude(queue_name__in=paused)
+        .update(status=JobStatus.ACTIVE, attempts_made=F("attempts_made") + 1, started_at=now, worker_id=None,
+                claimed_by=worker_id, reported_at=now)
+    )
+    job.refresh_from_db()
+    if claimed:
+        _add_claim_events(job)
+        return StartedJob.from_job(job)
+    continues = job.status == JobStatus.ACTIVE and (
+        (worker_id is not None and worker_id == job.claimed_by)
+        or (worker_id is None and status != ReportedJobStatus.RUNNING)
+    )
+    if continues and Job.objects.filter(pk=job.pk, status=JobStatus.ACTIVE).update(reported_at=now):
+        return StartedJob.from_job(job)
+    who = "another worker" if job.status == JobStatus.ACTIVE else "nobody"
+    raise InvalidTransition(
+        f"Job {job.id} is {job.status}: it cannot become {status}"
+        + (f" (it was claimed by {who})." if job.status == JobStatus.ACTIVE else "."),
+        current_status=job.status,
+    )
+
+
+def _add_claim_events(job: Job) -> None:
+    outbox = events.Outbox()
+    outbox.job_updated(
+        flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name, status=JobStatus.ACTIVE,
+        attempts_made=job.attempts_made,
+    )
+    outbox.close()
+    if job.flow_id:
+        flow_status.flow_mark_running(flow_id=job.flow_id)
 
 
 def _check_report_values(*, result: Any, error: str | dict[str, Any] | None, progress: Any) -> None:
@@ -213,6 +256,21 @@ def queue_resume(*, name: str) -> int:
         refs = [JobRef(id=row["id"], queue_name=name, opts=row["opts"]) for row in resumed]
         transaction.on_commit(lambda: enqueue_jobs(refs, delay_ms=0))
     return len(refs)
+
+
+def release_due_jobs(*, queue: str) -> int:
+    """Move an external queue's ``delayed`` jobs whose time has come to ``waiting``; return how many.
+
+    Nothing is published for external queues, so nothing else would: external
+    workers look for ``waiting`` jobs. A delayed job is due ``FLOWSITE_REDISPATCH_AFTER``
+    before its ``redispatch_at`` (``jobs.dispatch.redispatch_at``).
+    """
+    due_by = timezone.now() + timedelta(seconds=settings.FLOWSITE_REDISPATCH_AFTER)
+    with transaction.atomic():
+        due = Job.objects.select_for_update(skip_locked=True).filter(
+            queue_name=queue, status=JobStatus.DELAYED, redispatch_at__lte=due_by
+        )
+        return len(_move_jobs(due, JobStatus.DELAYED, JobStatus.WAITING))
 
 
 def job_cancel(*, job: Job) -> bool:

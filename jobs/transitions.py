@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -292,13 +293,14 @@ def fail_lost_run(*, job_id: str, run: tuple[str | None, int] | None = None, los
     job = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).first()
     if job is None or (run is not None and (job.worker_id, job.attempts_made) != run):
         return False
-    if not (lost_on and job.worker_id == lost_on) and liveness.is_alive(job.worker_id):
+    if not (lost_on and job.worker_id == lost_on) and liveness.is_alive(job.worker_id, reported_at=job.reported_at):
         return False
     started = StartedJob.from_job(job)
-    error = JobLostError(
-        f"Attempt {job.attempts_made} of this job was lost before it finished "
-        f"(its worker process {job.worker_id} died or stopped answering)."
+    cause = (
+        f"its worker process {job.worker_id} died or stopped answering" if job.worker_id
+        else f"it was not reported on for FLOWSITE_EXTERNAL_STALLED_AFTER ({settings.FLOWSITE_EXTERNAL_STALLED_AFTER} s)"
     )
+    error = JobLostError(f"Attempt {job.attempts_made} of this job was lost before it finished ({cause}).")
     logger.warning("Job %s (%s): %s", job.name, job_id, error)
     job_log(job_id=job_id, message=str(error))
     retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)

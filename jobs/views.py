@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -18,11 +17,14 @@ from flows.selectors import flow_status_counts
 from jobs import selectors, services
 from jobs.filters import JobFilter
 from jobs.models import Job
-from jobs.vocabulary import ID_PATTERN
+from jobs.queues import job_queues, unknown_queue_message
+from jobs.vocabulary import FLOW_UPDATED_MESSAGE, ID_PATTERN
 from jobs.serializers import (
     error_responses,
     DashboardOutputSerializer,
     JobOutputSerializer,
+    JobReportInputSerializer,
+    JobReportOutputSerializer,
     JobSubmitInputSerializer,
     JobSubmitOutputSerializer,
     QueueActionOutputSerializer,
@@ -41,7 +43,7 @@ def _payload(job: Job) -> dict:
     destroy=extend_schema(responses={204: None, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"]),
 )
 class QueueJobViewSet(viewsets.GenericViewSet):
-    """Jobs of one queue: list, submit, read, retry, delete."""
+    """Jobs of one queue: list, submit, read, report, retry, delete."""
 
     lookup_url_kwarg = "job_id"
     lookup_value_regex = ID_PATTERN
@@ -51,8 +53,8 @@ class QueueJobViewSet(viewsets.GenericViewSet):
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        if kwargs["queue_name"] not in settings.FLOWSITE_QUEUES:
-            raise NotFound(f"Unknown queue {kwargs['queue_name']!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
+        if kwargs["queue_name"] not in job_queues():
+            raise NotFound(unknown_queue_message(kwargs["queue_name"]))
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
@@ -84,6 +86,18 @@ class QueueJobViewSet(viewsets.GenericViewSet):
         job = self.get_object()
         authorize(self.request.user, job, action, what=what)
         return job
+
+    @extend_schema(
+        request=JobReportInputSerializer,
+        responses={200: JobReportOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)},
+        tags=["jobs"],
+    )
+    def update(self, request, queue_name: str, job_id: str):
+        """Report the state of a job processed outside Flowsite (as ``PUT /api/flows/{flowId}/jobs/{jobId}``)."""
+        report = JobReportInputSerializer(data=request.data, context={"job_id": job_id})
+        report.is_valid(raise_exception=True)
+        job = services.job_report(job=self.acted_on(Action.CHANGE, "report the state of"), **report.to_service())
+        return Response({**_payload(job), "message": FLOW_UPDATED_MESSAGE})
 
     def destroy(self, request, queue_name: str, job_id: str):
         services.job_delete(job=self.acted_on(Action.DELETE, "delete"))
@@ -121,8 +135,8 @@ class QueueViewSet(viewsets.ViewSet):
         )
 
     def _change(self, name: str, *, pause: bool) -> Response:
-        if name not in settings.FLOWSITE_QUEUES:
-            raise NotFound(f"Unknown queue {name!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
+        if name not in job_queues():
+            raise NotFound(unknown_queue_message(name))
         changed = services.queue_pause(name=name) if pause else services.queue_resume(name=name)
         return Response({"name": name, "paused": pause, "jobsAffected": changed})
 

@@ -86,7 +86,7 @@ def test_reading_a_flow_its_jobs_and_a_job(role, user, as_role):
     if READ[role] == 200:
         assert answers[0].json()["flowId"] == flow.pk and answers[2].json()["data"]["value"] == 1
     else:
-        assert answers[0].json() == {"error": "Not found.", "details": {}}
+        assert answers[0].json() == {"error": "Not found.", "message": "Not found.", "details": {}}
 
 
 @pytest.mark.parametrize("role", ROLES)

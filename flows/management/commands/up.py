@@ -11,6 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs.queues import external_queues, worked_queues
+
 # Embedded mode only: the generated admin password, readable by the local user alone (0600),
 # for whoever missed it in the first start's output. Removed once the password is changed.
 ADMIN_PASSWORD_FILE = "admin-password"
@@ -77,7 +79,9 @@ class Command(BaseCommand):
             if requeued:
                 self.stdout.write(f"Re-queued {requeued} job(s) interrupted by the last shutdown.")
             worker = start_embedded_worker()
-            self.stdout.write(f"Worker running in-process on queues: {', '.join(settings.FLOWSITE_QUEUES)}")
+            self.stdout.write(f"Worker running in-process on queues: {', '.join(worked_queues())}")
+        if external_queues():
+            self.stdout.write(f"External queues (jobs reported through the API): {', '.join(external_queues())}")
         beat = None
         if not settings.EMBEDDED and not no_beat:
             beat = self._start_beat()
