@@ -27,5 +27,5 @@ HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
 
 # Embedded mode by default; with DATABASE_URL and REDIS_URL set, `up` serves the API, the
 # admin and the live events (/ws/, /socket.io/) only, and workers run as
-# `celery -A flowsite worker -Q <queues>` containers.
+# `celery -A flowsite worker` containers (every queue of FLOWSITE_QUEUES; `-Q` for some).
 CMD ["python", "manage.py", "up", "--host", "0.0.0.0", "--port", "8000"]

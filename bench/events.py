@@ -191,6 +191,12 @@ class WatcherProcess:
         self.process.wait(60)
         return int(frames or 0)
 
+    def frames(self) -> int:
+        """How many frames the clients have received so far."""
+        self.process.stdin.write("count\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
 
 class HeldOpen:
     """Keeps the listening key alive as a web process with a connection would (``flows.events``)."""
@@ -216,11 +222,12 @@ class HeldOpen:
 
 
 def watch(port: int, paths: list[str]) -> None:
-    """The body of a ``WatcherProcess``: connect, say ready, read until stdin closes."""
+    """The body of a ``WatcherProcess``: connect, say ready, answer ``count`` lines, stop at EOF."""
     clients = Clients(port, os.environ["BENCH_TOKEN"])
     clients.connect(paths)
     print("ready", flush=True)
-    sys.stdin.read()
+    for _ in sys.stdin:
+        print(clients.frames(), flush=True)
     frames = clients.frames()
     clients.close()
     print(frames, flush=True)
@@ -436,15 +443,100 @@ def render_latency(results, clients: int) -> str:
     return "\n".join(lines)
 
 
+# Part 3: fan-out -------------------------------------------------------------------
+
+
+def _group_cpu(pgid: int) -> float:
+    """CPU seconds used so far by the processes of one process group (the server's)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getpgid(int(entry)) != pgid:
+                    continue
+            except OSError:
+                continue
+            stat = bf._read_stat(int(entry))
+            total += stat[2] if stat else 0.0
+    return total
+
+
+def part_fanout(user, token: str, *, watchers: int, count: int, rate: int, log_dir: Path) -> dict:
+    """Web-tier CPU per delivered frame: synthetic events published as a worker does.
+
+    No workers and no database writes: ``count`` ``flow:job:updated`` events of 50
+    flows owned by the watching staff user, numbered in order, are published at
+    ``rate`` events/s with the workers' publisher (``flows.events.publish_now``), and
+    ``watchers`` clients on ``/ws/flows/`` receive each once. Reported: CPU of the
+    server's processes and of the clients' process per frame received.
+    """
+    from flows import events
+    from jobs.vocabulary import FlowEvent, JobStatus
+
+    port = free_port()
+    server = start_server(port, log_dir)
+    watching = None
+    try:
+        watching = WatcherProcess(port, token, ["/ws/flows/"] * watchers)
+        flows = [f"fanout-{index:03d}-{time.time_ns()}" for index in range(50)]
+        seqs = dict.fromkeys(flows, 1)  # seq 1 would be flow:created: start after it
+        server_before, client_before = _group_cpu(server.pid), bf._read_stat(watching.process.pid)[2]
+        started = time.monotonic()
+        batch = max(1, rate // 100)
+        for sent in range(0, count, batch):
+            batch_events = []
+            for index in range(sent, min(count, sent + batch)):
+                flow_id = flows[index % len(flows)]
+                seqs[flow_id] += 1
+                data = events.job_updated_data(
+                    flow_id=flow_id, job_id=f"job-{index}", name="bench-noop", queue_name="bench",
+                    status=JobStatus.COMPLETED, attempts_made=1, result={"value": index},
+                )
+                data["seq"] = seqs[flow_id]
+                batch_events.append(events.Event(name=FlowEvent.JOB_UPDATED, flow_id=flow_id, owner_id=user.pk,
+                                                 data=data))
+            events.publish_now(batch_events)
+            delay = started + (sent + batch) / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        expected = (count + 1) * watchers  # and the pong of the round trip at connection
+        deadline = time.monotonic() + 120
+        received = watching.frames()
+        while received < expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+            received = watching.frames()
+        elapsed = time.monotonic() - started
+        server_cpu = _group_cpu(server.pid) - server_before
+        client_cpu = bf._read_stat(watching.process.pid)[2] - client_before
+    finally:
+        if watching is not None:
+            watching.close()
+        stop_server(server)
+    return {"watchers": watchers, "events": count, "rate": rate, "expected": expected, "received": received,
+            "seconds": elapsed, "server_us": 1e6 * server_cpu / max(received, 1),
+            "client_us": 1e6 * client_cpu / max(received, 1)}
+
+
+def render_fanout(row: dict) -> str:
+    return "\n".join([
+        "| clients | events | events/s | frames received | server CPU us/frame | clients' CPU us/frame |",
+        "|---:|---:|---:|---:|---:|---:|",
+        f"| {row['watchers']} | {row['events']:,} | {row['rate']:,} | {row['received']:,} of {row['expected']:,} "
+        f"| {row['server_us']:.1f} | {row['client_us']:.1f} |",
+    ])
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--watch"]:  # a WatcherProcess
         return watch(int(sys.argv[2]), sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["cost", "latency", "both"], default="both")
+    parser.add_argument("--part", choices=["cost", "latency", "fanout", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of the cost part; medians are reported")
     parser.add_argument("--watchers", type=int, default=10,
                         help="clients watching every flow in the cost part (0: no server, no such mode)")
     parser.add_argument("--clients", type=int, default=100, help="clients of the latency part")
+    parser.add_argument("--events", type=int, default=10_000, help="events published in the fanout part")
+    parser.add_argument("--rate", type=int, default=500, help="events/s published in the fanout part")
     args = parser.parse_args()
 
     def terminate(signum, frame):
@@ -477,6 +569,9 @@ def main() -> None:
         out.append("CPU ms per job by process group (web processes count as other load):\n" + render_cost_cpu(rows))
     if args.part in ("latency", "both"):
         out.append(render_latency(part_latency(user, token, clients=args.clients, log_dir=log_dir), args.clients))
+    if args.part == "fanout":
+        out.append(render_fanout(part_fanout(user, token, watchers=args.watchers, count=args.events,
+                                             rate=args.rate, log_dir=log_dir)))
     bf.flush_redis()
     print("\n\n".join(out))
 

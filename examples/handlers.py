@@ -22,11 +22,14 @@ def _work(ctx: JobContext, steps: int = 4) -> None:
 
 @job_handler("download-video")
 def download_video(ctx: JobContext) -> dict:
-    url = ctx.data.get("url", "https://example.com/video.mp4")
+    # The legacy pipeline named a video by ``videoId``; Flowsite's names it by ``url``.
+    video_id = ctx.data.get("videoId")
+    url = ctx.data.get("url") or f"https://example.com/videos/{video_id or 'video'}.mp4"
     ctx.log(f"Downloading {url}")
     _work(ctx)
     name = url.rstrip("/").rsplit("/", 1)[-1] or "video.mp4"
-    return {"filePath": f"/tmp/flowsite/{ctx.flow_id}/{name}", "sizeBytes": 10_485_760}
+    result = {"filePath": f"/tmp/flowsite/{ctx.flow_id}/{name}", "sizeBytes": 10_485_760}
+    return {**result, "videoId": video_id} if video_id is not None else result
 
 
 @job_handler("generate-thumbnail")
@@ -39,16 +42,18 @@ def generate_thumbnail(ctx: JobContext) -> dict:
 
 @job_handler("watermark-video")
 def watermark_video(ctx: JobContext) -> dict:
-    source = ctx.children_values["download-video"]["filePath"]
-    thumbnail = ctx.children_values.get("generate-thumbnail", {}).get("thumbnailPath")
-    text = ctx.data.get("watermark", "Flowsite")
+    # Legacy inputs: ``videoId`` (when no download-video child gives the file) and
+    # ``watermarkText``; legacy output: ``watermarkedPath``, beside Flowsite's ``outputPath``.
+    video_id = ctx.data.get("videoId")
+    downloaded = ctx.children_values.get("download-video") or {}
+    source = downloaded.get("filePath") or f"/tmp/flowsite/{ctx.flow_id}/{video_id or 'video'}.mp4"
+    thumbnail = (ctx.children_values.get("generate-thumbnail") or {}).get("thumbnailPath")
+    text = ctx.data.get("watermark") or ctx.data.get("watermarkText") or "Flowsite"
     ctx.log(f"Watermarking {source} with {text!r}")
     _work(ctx)
-    return {
-        "outputPath": source.replace(".mp4", "-watermarked.mp4"),
-        "watermark": text,
-        "thumbnailPath": thumbnail,
-    }
+    output = source.replace(".mp4", "-watermarked.mp4")
+    result = {"outputPath": output, "watermarkedPath": output, "watermark": text, "thumbnailPath": thumbnail}
+    return {**result, "videoId": video_id} if video_id is not None else result
 
 
 @job_handler("resize-image")

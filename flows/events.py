@@ -43,14 +43,15 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from jobs.selectors import iso
+from jobs.selectors import error_payload, iso
 from jobs.vocabulary import FINAL_FLOW_STATUSES, FlowEvent, FlowStatus, JobStatus
 
 logger = logging.getLogger(__name__)
 
 # Channel-layer message type of every event (handled by ``flow_event`` on consumers).
 MESSAGE_TYPE = "flow.event"
-# Every staff member's consumers join this group: staff see every flow.
+# The consumers of everyone who sees every flow join this group (superusers, staff with
+# flows.view_flow: accounts.permissions).
 STAFF_GROUP = "flows.staff"
 
 
@@ -351,9 +352,13 @@ def publish(events: Iterable[Event]) -> None:
 
 def job_updated_data(
     *, flow_id: str, job_id: str, name: str, queue_name: str, status: str, attempts_made: int,
-    result: Any = None, error: str | None = None,
+    result: Any = None, error: str | None = None, error_type: str = "", error_detail: Any = None,
 ) -> dict[str, Any]:
-    """``flow:job:updated``: a job's new status; ``result`` or ``error`` once it finished or failed an attempt."""
+    """``flow:job:updated``: a job's new status; ``result`` or ``error`` once it finished or failed an attempt.
+
+    ``error`` is the REST error object (``jobs.selectors.error_payload``) and
+    ``errorMessage`` its text, as in the job's REST shape.
+    """
     data = {
         "flowId": flow_id, "jobId": job_id, "name": name, "queueName": queue_name,
         "jobStatus": status, "attemptsMade": attempts_made,
@@ -361,7 +366,9 @@ def job_updated_data(
     if status == JobStatus.COMPLETED:
         data["result"] = result
     elif status in (JobStatus.FAILED, JobStatus.CANCELLED) or error:
-        data["error"] = error or None  # also a failed attempt's, on its way to a retry
+        # Also a failed attempt's, on its way to a retry.
+        data["error"] = error_payload(error, error_type=error_type, detail=error_detail)
+        data["errorMessage"] = error or None
     return data
 
 
@@ -373,12 +380,20 @@ def _flow_progress_data(flow_id: str, status: str, progress: dict[str, Any]) -> 
     return {"flowId": flow_id, "status": status, "progress": progress}
 
 
-def flow_final_data(*, flow_id: str, status: str, result: Any, error: str, at: Any) -> tuple[FlowEvent, dict]:
-    """``flow:completed`` / ``flow:failed`` / ``flow:cancelled`` for a flow that reached ``status``."""
+def flow_final_data(
+    *, flow_id: str, status: str, result: Any, error: str, at: Any, error_detail: Any = None
+) -> tuple[FlowEvent, dict]:
+    """``flow:completed`` / ``flow:failed`` / ``flow:cancelled`` for a flow that reached ``status``.
+
+    ``flow:failed`` carries the flow's REST ``error`` object and ``errorMessage``.
+    """
     if status == FlowStatus.COMPLETED:
         return FlowEvent.COMPLETED, {"flowId": flow_id, "result": result, "completedAt": iso(at)}
     if status == FlowStatus.FAILED:
-        return FlowEvent.FAILED, {"flowId": flow_id, "error": error or None, "failedAt": iso(at)}
+        return FlowEvent.FAILED, {
+            "flowId": flow_id, "error": error_payload(error, detail=error_detail), "errorMessage": error or None,
+            "failedAt": iso(at),
+        }
     return FlowEvent.CANCELLED, {"flowId": flow_id, "cancelledAt": iso(at)}
 
 
@@ -461,15 +476,16 @@ def flow_created(flow: Any, jobs: list[Any]) -> None:
     from collections import Counter
 
     from flows import selectors
-    from jobs.selectors import JOB_STATE_FIELDS, job_state_payload
+    from jobs.selectors import JOB_STATE_FIELDS
 
     if not flow.event_seq:
         return  # created unnumbered: nobody was listening (``flows.services.flow_create``)
     row = {field: getattr(flow, field) for field in selectors.FLOW_FIELDS}
-    counts = Counter(job.status for job in jobs)
-    body = {**selectors.flow_payload(row, selectors.progress_from_counts(counts)), "jobStructure": flow.job_structure}
     ordered = sorted(jobs, key=lambda job: (job.created_at, job.position, job.pk))  # as selectors.flow_jobs
-    body["jobs"] = [job_state_payload({field: getattr(job, field) for field in JOB_STATE_FIELDS}) for job in ordered]
+    body = selectors.flow_detail_payload(
+        row=row, counts=Counter(job.status for job in jobs), structure=flow.job_structure,
+        job_rows=[{field: getattr(job, field) for field in JOB_STATE_FIELDS} for job in ordered],
+    )
     body["seq"] = FIRST_SEQ
     event = Event(name=FlowEvent.CREATED, data=body, flow_id=flow.pk, owner_id=flow.owner_id)
     transaction.on_commit(lambda: publish([event]))
@@ -480,12 +496,13 @@ def _final_event(flow_id: str) -> Event | None:
     from flows.models import Flow
 
     row = Flow.objects.filter(pk=flow_id).values(
-        "status", "result", "error", "completed_at", "event_seq", "owner_id"
+        "status", "result", "error", "error_detail", "completed_at", "event_seq", "owner_id"
     ).first()
     if row is None:
         return None
     name, data = flow_final_data(
-        flow_id=flow_id, status=row["status"], result=row["result"], error=row["error"], at=row["completed_at"]
+        flow_id=flow_id, status=row["status"], result=row["result"], error=row["error"], at=row["completed_at"],
+        error_detail=row["error_detail"],
     )
     data["seq"] = row["event_seq"]
     return Event(name=name, data=data, flow_id=flow_id, owner_id=row["owner_id"])
@@ -856,8 +873,7 @@ def flow_snapshot(*, flow_id: str) -> dict[str, Any] | None:
         flow = Flow.objects.filter(pk=flow_id).first()
         if flow is None:
             return None
-        body = {**selectors.flow_payload_of(flow), "jobStructure": flow.job_structure}
-        body["jobs"] = json.loads(selectors.flow_job_states_json(flow=flow))
+        body = json.loads(selectors.flow_detail_json(flow=flow))
         body["seq"] = flow.event_seq
     return body
 

@@ -34,6 +34,9 @@ class Flow(models.Model):
     status = models.CharField(max_length=20, choices=FlowStatus.choices, default=FlowStatus.PENDING)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # The public error object of a failed flow (``{message, type, jobId}``, written with
+    # ``error`` by ``flows.status.flow_fail``); flows failed before it have only ``error``.
+    error_detail = models.JSONField(null=True, blank=True)
     total_jobs = models.PositiveIntegerField(default=0)
     # The number of the flow's last event (flows/events.py): taken in the transaction
     # of each change, so events are numbered in commit order without holes.

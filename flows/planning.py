@@ -24,12 +24,22 @@ from django.utils import timezone
 
 from jobs.dispatch import redispatch_at
 from jobs.models import Job, new_job_id
+from jobs.selectors import iso
 from jobs.vocabulary import JobStatus
 
 
-def flow_metadata(*, flow_id: str, flowname: str, root_job_id: str, parent_job_id: str | None) -> dict:
-    """Return the ``_flowMetadata`` object injected into every job's data."""
-    return {"flowId": flow_id, "flowname": flowname, "rootJobId": root_job_id, "parentJobId": parent_job_id}
+def flow_metadata(
+    *, flow_id: str, flowname: str, root_job_id: str, parent_job_id: str | None, injected_at: str | None = None
+) -> dict:
+    """Return the ``_flowMetadata`` object injected into every job's data.
+
+    Flowsite's fields, and the legacy service's ``parentFlowName`` (the flow's name)
+    and ``injectedAt`` (when the job got it, ISO 8601; now unless given).
+    """
+    return {
+        "flowId": flow_id, "flowname": flowname, "rootJobId": root_job_id, "parentJobId": parent_job_id,
+        "parentFlowName": flowname, "injectedAt": injected_at or iso(timezone.now()),
+    }
 
 
 @dataclass
@@ -57,13 +67,15 @@ def plan_flow(*, flow_id: str, flowname: str, owner_id: int, root: JobSpec) -> F
         [(root, root_id, None, 0, structure)]
     )
     now = timezone.now()
+    injected_at = iso(now)  # formatted once for the whole tree
     while queue:
         spec, job_id, parent_id, position, node = queue.popleft()
         data = {
             **spec.data,
             "flowId": flow_id,
             "_flowMetadata": flow_metadata(
-                flow_id=flow_id, flowname=flowname, root_job_id=root_id, parent_job_id=parent_id
+                flow_id=flow_id, flowname=flowname, root_job_id=root_id, parent_job_id=parent_id,
+                injected_at=injected_at,
             ),
         }
         if spec.children:

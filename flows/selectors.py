@@ -11,12 +11,14 @@ from django.db import connection
 from django.db.models import Count, F, QuerySet, Window
 from django.db.models.functions import RowNumber, TruncHour
 from django.utils import timezone
+from rest_framework.utils import encoders
 
+from accounts import permissions
 from flows.status import flow_job_counts
 from flowsite.db import load_json, prepared_cursor
 from flows.models import Flow
 from jobs.models import Job, JobLog
-from jobs.selectors import JOB_STATE_FIELDS, iso, job_state_payload
+from jobs.selectors import JOB_STATE_FIELDS, error_payload, iso, job_progress_entry, job_state_payload
 from jobs.vocabulary import FlowStatus, JobStatus
 
 # ``REST_FRAMEWORK["DATETIME_FORMAT"]`` in PostgreSQL's to_char() notation.
@@ -24,24 +26,29 @@ _PG_TIMESTAMP = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
 
 
 def flow_progress(*, flow: Flow) -> dict[str, Any]:
-    """Return ``{total, completed, failed, percentage, <status>: n...}`` from the job rows."""
+    """Return the flow's progress (``progress_from_counts``) from the job rows."""
     counts, _ = flow_job_counts(flow_id=flow.pk)
     return progress_from_counts(counts)
 
 
 def progress_from_counts(counts: dict[str, int]) -> dict[str, Any]:
-    """The public progress object from a flow's job count per status."""
+    """The public progress object from a flow's job count per status: the one builder, REST and events.
+
+    ``{total, completed, failed, percentage, <status>: n..., summary: {the same}}``: the
+    flat counters are Flowsite's, ``summary`` the legacy ``FlowProgress.summary``.
+    ``percentage`` is the share of the flow's jobs that completed (failed ones do not count).
+    """
     total = sum(counts.values())
-    completed, failed = counts.get(_COMPLETED, 0), counts.get(_FAILED, 0)
-    progress: dict[str, Any] = {
+    completed = counts.get(_COMPLETED, 0)
+    summary: dict[str, Any] = {
         "total": total,
         "completed": completed,
-        "failed": failed,
-        "percentage": round(100 * (completed + failed) / total, 1) if total else 0.0,
+        "failed": counts.get(_FAILED, 0),
+        "percentage": round(100 * completed / total, 1) if total else 0.0,
     }
     for status in _JOB_STATUSES:
-        progress[status] = counts.get(status, 0)
-    return progress
+        summary[status] = counts.get(status, 0)
+    return {**summary, "summary": summary}
 
 
 # Plain strings: this runs for every flow of every list page.
@@ -73,7 +80,7 @@ def flow_jobs_tree(*, flow: Flow, fields: tuple[str, ...] = TREE_FIELDS) -> list
 
 
 FLOW_FIELDS = (
-    "id", "flowname", "name", "queue_name", "status", "result", "error",
+    "id", "flowname", "name", "queue_name", "status", "result", "error", "error_detail",
     "created_at", "updated_at", "started_at", "completed_at",
 )
 
@@ -91,7 +98,8 @@ def flow_payload(row: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any
         "status": row["status"],
         "progress": progress,
         "result": row["result"],
-        "error": row["error"] or None,
+        "error": error_payload(row["error"], detail=row["error_detail"]),
+        "errorMessage": row["error"] or None,
         "createdAt": iso(row["created_at"]),
         "updatedAt": iso(row["updated_at"]),
         "startedAt": iso(row["started_at"]),
@@ -117,6 +125,7 @@ def flow_payloads(flow_ids: list[str]) -> list[dict[str, Any]]:
             for *values, counts in cursor.fetchall():
                 row = dict(zip(FLOW_FIELDS, values))
                 row["result"] = load_json(row["result"])
+                row["error_detail"] = load_json(row["error_detail"])
                 found[row["id"]] = flow_payload(row, progress_from_counts(load_json(counts) or {}))
     else:
         progress = flows_progress(flow_ids=flow_ids)
@@ -132,9 +141,9 @@ def flow_payload_of(flow: Flow) -> dict[str, Any]:
 
 
 def flow_list_for_user(*, user: AbstractBaseUser) -> QuerySet[Flow]:
-    """Flows the user may see: their own; staff see all. The job structure is not loaded."""
-    flows = Flow.objects.defer("job_structure")
-    return flows if user.is_staff else flows.filter(owner=user)
+    """Flows the user may see (``accounts.permissions``): their own, or every flow for
+    superusers and staff with ``flows.view_flow``. The job structure is not loaded."""
+    return permissions.visible(Flow.objects.defer("job_structure"), user)
 
 
 def flows_progress(*, flow_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -190,22 +199,43 @@ def flow_status_counts(*, user: AbstractBaseUser) -> dict[str, int]:
     return counts
 
 
-# PostgreSQL builds the same objects as ``jobs.selectors.job_state_payload``, key for key.
+def job_structure_payload(structure: dict[str, Any]) -> dict[str, Any]:
+    """The public ``jobStructure``: the stored tree (every node with its ``jobId``) under ``root``."""
+    return {"root": structure}
+
+
+_PG_TIME = "to_char({column} AT TIME ZONE 'UTC', '" + _PG_TIMESTAMP + "')"
+# ``jobs.selectors.error_payload`` in SQL: the reporter's object while its message is the text.
+_PG_JOB_ERROR = (
+    "CASE WHEN error = '' THEN NULL "
+    "WHEN error_detail ->> 'message' = error THEN error_detail::json "
+    "WHEN error_type <> '' THEN json_build_object('message', error, 'type', error_type) "
+    "ELSE json_build_object('message', error) END"
+)
+# PostgreSQL builds the same objects as ``jobs.selectors.job_state_payload`` and
+# ``job_progress_entry``, key for key: the job states in order, and the legacy map by job id.
 _JOB_STATES_SQL = f"""
-SELECT coalesce(json_agg(json_build_object(
+SELECT coalesce(json_agg(state ORDER BY created_at, position, id), '[]')::text,
+       coalesce(json_object_agg(id, entry ORDER BY created_at, position, id), '{{}}')::text
+FROM (SELECT id, created_at, position, json_build_object(
     'jobId', id, 'parentJobId', parent_id, 'name', name, 'queueName', queue_name,
     'status', status, 'progress', progress, 'attemptsMade', attempts_made, 'result', result,
-    'error', nullif(error, ''),
-    'createdAt', to_char(created_at AT TIME ZONE 'UTC', '{_PG_TIMESTAMP}'),
-    'startedAt', to_char(started_at AT TIME ZONE 'UTC', '{_PG_TIMESTAMP}'),
-    'finishedAt', to_char(finished_at AT TIME ZONE 'UTC', '{_PG_TIMESTAMP}')
-) ORDER BY created_at, position, id), '[]')::text
-FROM {Job._meta.db_table} WHERE flow_id = %s
+    'error', {_PG_JOB_ERROR}, 'errorMessage', nullif(error, ''),
+    'createdAt', {_PG_TIME.format(column="created_at")},
+    'startedAt', {_PG_TIME.format(column="started_at")},
+    'finishedAt', {_PG_TIME.format(column="finished_at")}
+) AS state, json_build_object(
+    'name', name, 'queueName', queue_name, 'status', status, 'result', result,
+    'error', {_PG_JOB_ERROR},
+    'startedAt', {_PG_TIME.format(column="started_at")},
+    'completedAt', {_PG_TIME.format(column="finished_at")}
+) AS entry FROM {Job._meta.db_table} WHERE flow_id = %s) job
 """
 
 
-def flow_job_states_json(*, flow: Flow) -> str:
-    """The flow's job states as a JSON array (text), in ``flow_jobs`` order.
+def flow_job_states_json(*, flow: Flow) -> tuple[str, str]:
+    """The flow's job states as a JSON array (text), in ``flow_jobs`` order, and the
+    legacy ``progress.jobs`` map by job id (text).
 
     On PostgreSQL the database builds the JSON in one query, with no Python work
     per job: a 1,000-job flow's detail stays fast. Elsewhere Python builds it.
@@ -213,6 +243,33 @@ def flow_job_states_json(*, flow: Flow) -> str:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(_JOB_STATES_SQL, [flow.pk])
-            return cursor.fetchone()[0]
-    rows = flow_jobs(flow=flow).values(*JOB_STATE_FIELDS)
-    return json.dumps([job_state_payload(row) for row in rows])
+            states, entries = cursor.fetchone()
+            return states, entries
+    states = [job_state_payload(row) for row in flow_jobs(flow=flow).values(*JOB_STATE_FIELDS)]
+    return json.dumps(states), json.dumps({state["jobId"]: job_progress_entry(state) for state in states})
+
+
+def flow_detail_json(*, flow: Flow) -> str:
+    """``GET /api/flows/{flowId}``'s body as JSON text: the flow, ``jobStructure``, ``jobs``,
+    and ``progress`` with the legacy ``jobs`` map.
+
+    The job arrays arrive as JSON text (built by the database): they are spliced in
+    rather than decoded and encoded again. The websocket snapshot decodes this same text.
+    """
+    body = flow_payload_of(flow)
+    progress = body.pop("progress")
+    body["jobStructure"] = job_structure_payload(flow.job_structure)
+    states, entries = flow_job_states_json(flow=flow)
+    head = json.dumps(body, cls=encoders.JSONEncoder, separators=(",", ":"))
+    progress_text = json.dumps(progress, separators=(",", ":"))
+    return f'{head[:-1]},"progress":{progress_text[:-1]},"jobs":{entries}}},"jobs":{states}}}'
+
+
+def flow_detail_payload(*, row: dict[str, Any], counts: dict[str, int], job_rows: list[dict[str, Any]],
+                        structure: dict[str, Any]) -> dict[str, Any]:
+    """``flow_detail_json``'s object built in Python, from rows already in memory (``flow:created``)."""
+    states = [job_state_payload(job_row) for job_row in job_rows]
+    body = {**flow_payload(row, progress_from_counts(counts)), "jobStructure": job_structure_payload(structure)}
+    body["progress"]["jobs"] = {state["jobId"]: job_progress_entry(state) for state in states}
+    body["jobs"] = states
+    return body

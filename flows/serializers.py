@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from jobs.serializers import JobOptionsField, JobStateOutputSerializer
+from jobs.serializers import ErrorObjectSerializer, JobOptionsField, JobStateOutputSerializer
 from jobs.vocabulary import FlowStatus, JobStatus
 
 
@@ -24,17 +24,44 @@ class FlowCreateInputSerializer(JobNodeInputSerializer):
     flowname = serializers.CharField(max_length=200)
 
 
-class ProgressSerializer(serializers.Serializer):
-    total = serializers.IntegerField()
+class ProgressSummarySerializer(serializers.Serializer):
+    """A flow's job counts (legacy ``FlowProgress.summary``)."""
+
+    total = serializers.IntegerField(help_text="The flow's jobs.")
     completed = serializers.IntegerField()
     failed = serializers.IntegerField()
-    percentage = serializers.FloatField()
+    percentage = serializers.FloatField(
+        help_text="The share of the flow's jobs that completed, in percent (0 to 100, one decimal): "
+        "100 * completed / total. Failed and cancelled jobs do not count as done; 0 for a flow without jobs."
+    )
 
     def get_fields(self):
         fields = super().get_fields()
         for status in JobStatus:
-            fields.setdefault(status.value, serializers.IntegerField())
+            fields.setdefault(status.value, serializers.IntegerField(help_text=f"Jobs {status.value}."))
         return fields
+
+
+class ProgressSerializer(ProgressSummarySerializer):
+    """A flow's progress: the counts, flat (Flowsite) and under ``summary`` (legacy)."""
+
+    summary = ProgressSummarySerializer()
+
+
+class ProgressJobSerializer(serializers.Serializer):
+    """One job in the flow detail's ``progress.jobs`` (legacy ``FlowProgress.jobs``)."""
+
+    name = serializers.CharField()
+    queueName = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    result = serializers.JSONField(allow_null=True)
+    error = ErrorObjectSerializer(allow_null=True)
+    startedAt = serializers.DateTimeField(allow_null=True)
+    completedAt = serializers.DateTimeField(allow_null=True, help_text="When it finished (`finishedAt`).")
+
+
+class FlowDetailProgressSerializer(ProgressSerializer):
+    jobs = serializers.DictField(child=ProgressJobSerializer(), help_text="Every job of the flow, by job id.")
 
 
 class FlowOutputSerializer(serializers.Serializer):
@@ -47,7 +74,8 @@ class FlowOutputSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=FlowStatus.choices)
     progress = serializers.SerializerMethodField()
     result = serializers.JSONField(allow_null=True)
-    error = serializers.SerializerMethodField()
+    error = ErrorObjectSerializer(allow_null=True, help_text="`{message, type, jobId}` of a failed flow, else null.")
+    errorMessage = serializers.CharField(allow_null=True, help_text="The error text (`error.message`).")
     createdAt = serializers.DateTimeField(source="created_at")
     updatedAt = serializers.DateTimeField(source="updated_at")
     startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
@@ -56,13 +84,19 @@ class FlowOutputSerializer(serializers.Serializer):
     def get_progress(self, flow) -> ProgressSerializer:
         raise NotImplementedError  # documentation only
 
-    def get_error(self, flow) -> str | None:
-        raise NotImplementedError  # documentation only
+
+class JobStructureSerializer(serializers.Serializer):
+    root = serializers.JSONField(
+        help_text="The root job as submitted, `{jobId, name, queueName, data, opts?, children?}`, recursively."
+    )
 
 
 class FlowDetailOutputSerializer(FlowOutputSerializer):
     jobs = serializers.SerializerMethodField()
-    jobStructure = serializers.JSONField(source="job_structure")
+    jobStructure = JobStructureSerializer()
+
+    def get_progress(self, flow) -> FlowDetailProgressSerializer:
+        raise NotImplementedError  # documentation only
 
     def get_jobs(self, flow) -> JobStateOutputSerializer(many=True):
         raise NotImplementedError  # documentation only

@@ -94,7 +94,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
             settled = settle_flow(flow_id=flow.pk)
         if settled is None:
             Job.objects.filter(pk__in=[row[0] for row in cancelled], status__in=UNFINISHED_JOB_STATUSES).update(
-                status=JobStatus.CANCELLED, error="Cancelled", finished_at=now
+                status=JobStatus.CANCELLED, error="Cancelled", error_type="", error_detail=None, finished_at=now
             )
             changed = Flow.objects.filter(pk=flow.pk, status__in=OPEN_FLOW_STATUSES).update(
                 status=FlowStatus.CANCELLED, completed_at=now, updated_at=now
@@ -214,7 +214,7 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
         counts, ignored = flow_status.flow_job_counts(flow_id=flow.pk)
         if flow_status.derive_flow_status(counts, ignored_failures=ignored) != FlowStatus.FAILED:
             Flow.objects.filter(pk=flow.pk).update(
-                status=FlowStatus.RUNNING, error="", result=None, completed_at=None, updated_at=timezone.now()
+                status=FlowStatus.RUNNING, error="", error_detail=None, result=None, completed_at=None, updated_at=timezone.now()
             )
         outbox = events.Outbox()
         for job_id in sorted(reopen) + sorted(causes):
@@ -231,7 +231,7 @@ def flow_retry(*, flow: Flow, job_id: str | None = None) -> Flow:
     return flow
 
 
-_RESET = {"error": "", "error_type": "", "stacktrace": "", "result": None, "started_at": None, "finished_at": None}
+_RESET = {"error": "", "error_type": "", "error_detail": None, "stacktrace": "", "result": None, "started_at": None, "finished_at": None}
 
 
 def _done_for_parent(row: dict) -> bool:

@@ -120,11 +120,14 @@ def flow_settle(*, flow_id: str, numbered: bool = False) -> FlowStatus | None:
     return status if changed else None
 
 
-def flow_fail(*, flow_id: str, error: str) -> bool:
-    """Move a flow to ``failed`` at once (a job failed for good and was not ignored)."""
+def flow_fail(*, flow_id: str, error: str, detail: dict[str, Any] | None = None) -> bool:
+    """Move a flow to ``failed`` at once (a job failed for good and was not ignored).
+
+    ``error`` is the text; ``detail`` the public error object (``{message, type, jobId}``).
+    """
     now = timezone.now()
     return bool(
         Flow.objects.filter(pk=flow_id, status__in=OPEN_FLOW_STATUSES).update(
-            status=FlowStatus.FAILED, error=error, completed_at=now, updated_at=now
+            status=FlowStatus.FAILED, error=error, error_detail=detail, completed_at=now, updated_at=now
         )
     )

@@ -28,7 +28,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import AbstractBaseUser
 
+from accounts import permissions
 from flows import events, selectors
+from flows.models import Flow
 from jobs.vocabulary import ID_PATTERN, ClientAction, ClientEvent
 
 logger = logging.getLogger(__name__)
@@ -281,6 +283,7 @@ def _visible_flow_snapshot(user: AbstractBaseUser, flow_id: str) -> dict[str, An
 
 
 visible_flow_seq = database_sync_to_async(_visible_flow_seq)
+sees_all_flows = database_sync_to_async(lambda user: permissions.sees_all(user, Flow))
 visible_flow_snapshot = database_sync_to_async(_visible_flow_snapshot)
 
 
@@ -289,7 +292,7 @@ class LiveConnection:
 
     ``channel_name`` is a channel of ``layer`` that the caller reads, handing every
     event message to ``receive``. A user hears only the groups of flows they may
-    see: their own user group (staff: the staff group too) and the flows they
+    see: their own user group (the staff group too if they see every flow) and the flows they
     subscribed to after the selector allowed it.
     """
 
@@ -304,10 +307,13 @@ class LiveConnection:
         self.present = False  # counted in ``events.presence``: workers publish while it is
 
     async def watch_all(self) -> None:
-        """Hear every flow the user may see: their own, and for staff every flow."""
-        await self._join(events.user_group(self.user.pk))
-        if self.user.is_staff:
-            await self._join(events.STAFF_GROUP)
+        """Hear every flow the user may see: their own, and every flow for those who see all
+        (superusers, staff with ``flows.view_flow``: ``accounts.permissions``).
+
+        Those join only the staff group, which carries their own flows' events too:
+        in both groups, a connection would receive and drop a second copy of each.
+        """
+        await self._join(events.STAFF_GROUP if await sees_all_flows(self.user) else events.user_group(self.user.pk))
 
     async def perform(self, request: Any) -> Frame:
         """Do one client action (``{"action": ..., "flowId": ...}``); return the reply frame."""

@@ -1,7 +1,9 @@
 """API wiring shared by every app: the error shape, the JSON parser and pagination.
 
-Every error answers ``{"error": "<message>", "details": {<field path>: [messages]}}``
-with a 4xx status; domain errors from ``jobs.exceptions`` are mapped here, once.
+Every error answers ``{"error": "<message>", "message": "<message>", "details": {<field
+path>: [messages]}}`` with a 4xx status (``message`` repeats ``error`` for the legacy
+service's clients, which print ``body.message``); domain errors from ``jobs.exceptions``
+are mapped here, once.
 """
 
 from __future__ import annotations
@@ -73,29 +75,53 @@ class PayloadTooLarge(exceptions.APIException):
 
 
 class Pagination(PageNumberPagination):
-    """``page`` and ``pageSize``; a ``pageSize`` that is not a positive integer is a 400.
+    """``page`` and ``pageSize`` (or the legacy ``limit``); a size that is not a positive integer is a 400.
 
     DRF would silently fall back to the default size for ``0``, ``-1`` or ``abc``; a
     size above ``max_page_size`` is still cut down to it (the contract's ``pageSize <= 500``).
+    ``limit`` is an alias of ``pageSize`` with the same bounds; both at once must agree.
     """
 
     page_size = 50
     page_size_query_param = "pageSize"
+    legacy_page_size_query_param = "limit"
     max_page_size = 500
 
     def get_page_size(self, request):
-        raw = request.query_params.get(self.page_size_query_param)
-        if raw is None:
-            return self.page_size
+        given = {
+            name: request.query_params[name]
+            for name in (self.page_size_query_param, self.legacy_page_size_query_param)
+            if name in request.query_params
+        }
+        sizes = {name: self._page_size(name, raw) for name, raw in given.items()}
+        if len(set(sizes.values())) > 1:
+            raise exceptions.ValidationError(
+                {self.legacy_page_size_query_param: [f"An alias of {self.page_size_query_param}: give one, or the same value."]}
+            )
+        return next(iter(sizes.values()), self.page_size)
+
+    def _page_size(self, name: str, raw: str) -> int:
         if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
             raise exceptions.ValidationError(
-                {self.page_size_query_param: [f"Must be a positive integer (at most {self.max_page_size} are returned)."]}
+                {name: [f"Must be a positive integer (at most {self.max_page_size} are returned)."]}
             )
         return min(int(raw), self.max_page_size)
 
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        parameters.append({
+            "name": self.legacy_page_size_query_param,
+            "required": False,
+            "in": "query",
+            "description": f"Alias of `{self.page_size_query_param}` (the legacy service's name).",
+            "schema": {"type": "integer"},
+        })
+        return parameters
+
 
 def error_body(message: str, details: Any = None, **extra: Any) -> dict[str, Any]:
-    return {"error": message, "details": details or {}, **extra}
+    """The one error shape: ``error`` and ``message`` (the same text), ``details`` per field path."""
+    return {"error": message, "message": message, "details": details or {}, **extra}
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:

@@ -111,7 +111,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 async def _answer(send: Send, status: int, message: str, *, extra_headers: list | None = None) -> None:
-    body = json.dumps({"error": message, "details": {}}).encode()
+    from flowsite.api import error_body  # at request time: Django is set up
+
+    body = json.dumps(error_body(message)).encode()
     await send({
         "type": "http.response.start",
         "status": status,

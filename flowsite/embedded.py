@@ -76,10 +76,11 @@ class EmbeddedWorker:
 
 
 def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int | None = None) -> EmbeddedWorker:
-    """Start a Celery worker thread consuming ``queues`` (default: all allowed queues), and the sweeps."""
+    """Start a Celery worker thread consuming ``queues`` (default: ``FLOWSITE_QUEUES``), and the sweeps."""
     from jobs import liveness
+    from jobs.queues import worked_queues
 
-    queues = queues or list(settings.FLOWSITE_QUEUES)
+    queues = queues or worked_queues()
     liveness.set_queues(queues)
     liveness.this_worker()
     controller = _EmbeddedWorkController(

@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.vocabulary import DEFAULT_QUEUES, LEGACY_QUEUES, RESERVED_QUEUES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -299,8 +301,26 @@ else:
 
 # FLOWSITE
 # ------------------------------------------------------------------------------
-# Queues a job may be sent to; workers consume them with ``-Q``.
-FLOWSITE_QUEUES = env.list("FLOWSITE_QUEUES", default=["default", "video", "image"])
+# Queues a job may be sent to; workers consume them with ``-Q``. The default includes
+# the legacy service's queue names (jobs/vocabulary.py).
+FLOWSITE_QUEUES = env.list("FLOWSITE_QUEUES", default=[*DEFAULT_QUEUES, *LEGACY_QUEUES])
+# External queues: their jobs run outside Flowsite. Any job name is accepted on them,
+# nothing is published to Celery, and their state changes only through reports
+# (PUT /api/flows/{flowId}/jobs/{jobId}, PUT /api/jobs/{queueName}/{jobId}). A run
+# claimed by a report and not reported on for EXTERNAL_STALLED_AFTER seconds is lost.
+FLOWSITE_EXTERNAL_QUEUES = env.list("FLOWSITE_EXTERNAL_QUEUES", default=[])
+FLOWSITE_EXTERNAL_STALLED_AFTER = env_int("FLOWSITE_EXTERNAL_STALLED_AFTER", 3600, minimum=1)
+if set(FLOWSITE_QUEUES) & set(FLOWSITE_EXTERNAL_QUEUES):
+    raise ImproperlyConfigured(
+        "FLOWSITE_QUEUES and FLOWSITE_EXTERNAL_QUEUES overlap: "
+        f"{', '.join(sorted(set(FLOWSITE_QUEUES) & set(FLOWSITE_EXTERNAL_QUEUES)))}. "
+        "A queue is worked by Flowsite's workers or by an external system, not both."
+    )
+if reserved := sorted((set(FLOWSITE_QUEUES) | set(FLOWSITE_EXTERNAL_QUEUES)) & RESERVED_QUEUES):
+    raise ImproperlyConfigured(
+        f"Queue name(s) {', '.join(reserved)} are reserved (webhook deliveries, the sweeps): "
+        "FLOWSITE_QUEUES and FLOWSITE_EXTERNAL_QUEUES may not name them."
+    )
 FLOWSITE_MAX_FLOW_DEPTH = env_int("FLOWSITE_MAX_FLOW_DEPTH", 100, minimum=1)
 FLOWSITE_MAX_FLOW_JOBS = env_int("FLOWSITE_MAX_FLOW_JOBS", 10_000, minimum=1)
 FLOWSITE_MAX_ATTEMPTS = env_int("FLOWSITE_MAX_ATTEMPTS", 100, minimum=1)
@@ -401,3 +421,21 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"celery": {"level": env.str("CELERY_LOG_LEVEL", default="WARNING")}},
 }
+
+# ADMIN LOGIN LOCKOUT (django-axes, accounts/lockout.py)
+# ------------------------------------------------------------------------------
+# /admin/login/ is locked for an account, and separately for a client address, after
+# FAILURE_LIMIT failed logins within the cool-off; each further attempt restarts the wait.
+# The address follows NUM_PROXIES, as the token endpoint's throttle does. Failed
+# attempts are rows in the database (every process sees them; the admin lists them).
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += ["axes.middleware.AxesMiddleware"]  # last: turns a locked login into the lockout page
+AUTHENTICATION_BACKENDS = ["accounts.lockout.LoginLockoutBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("FLOWSITE_LOGIN_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("FLOWSITE_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks
+AXES_CLIENT_IP_CALLABLE = "accounts.lockout.client_address"
+AXES_WHITELIST_CALLABLE = "accounts.lockout.counts_only_admin_logins"
+AXES_LOCKOUT_TEMPLATE = "accounts/lockout.html"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_VERBOSE = False  # no banner on every manage.py command; lockouts are still logged

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from flowsite.celery import app
 from jobs.options import JobOptions
+from jobs.queues import is_external
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,13 @@ def enqueue_jobs(refs: Iterable[JobRef], *, delay_ms: int | None = None) -> bool
     Never raises: the change that made the jobs due is committed, and a broker that
     cannot be reached must not turn it into an error. The failure is logged and
     False returned; the sweep publishes the jobs later (``redispatch_at``).
+
+    Jobs of external queues (``jobs.queues``) are never published: an external
+    worker finds them through the API and reports their state.
     """
-    refs = list(refs)
+    refs = [ref for ref in refs if not is_external(ref.queue_name)]
+    if not refs:
+        return True
     try:
         _publish(refs, delay_ms=delay_ms)
     except Exception as exc:

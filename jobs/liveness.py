@@ -21,7 +21,7 @@ import os
 import socket
 import threading
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connections
@@ -118,10 +118,17 @@ def _silent_since():
     return timezone.now() - timedelta(seconds=settings.FLOWSITE_STALLED_AFTER)
 
 
-def is_alive(worker_id: str | None) -> bool:
-    """Whether the run of a job started by ``worker_id`` may still be going on."""
+def is_alive(worker_id: str | None, *, reported_at: datetime | None = None) -> bool:
+    """Whether the run of a job started by ``worker_id`` may still be going on.
+
+    A run claimed by a report (``jobs.services.job_report``) has no worker and no
+    heartbeat: it is alive while reports come, until ``FLOWSITE_EXTERNAL_STALLED_AFTER``
+    seconds after ``reported_at`` (none recorded, as on migrated jobs: alive).
+    """
     if not worker_id:
-        return True  # active by an external report: its reporter answers for it
+        return reported_at is None or reported_at >= timezone.now() - timedelta(
+            seconds=settings.FLOWSITE_EXTERNAL_STALLED_AFTER
+        )
     hostname, _, rest = worker_id.partition(":")
     pid = rest.partition(":")[0]
     if hostname == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):

@@ -49,6 +49,9 @@ class Job(models.Model):
     pending_children = models.PositiveIntegerField(default=0)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    # The error object a reporter sent (``PUT /api/flows/{flowId}/jobs/{jobId}`` with
+    # ``error: {message, ...}``), kept as sent; ``error`` holds its ``message``.
+    error_detail = models.JSONField(null=True, blank=True)
     error_type = models.CharField(max_length=200, blank=True, default="")
     stacktrace = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -57,6 +60,11 @@ class Job(models.Model):
     # The worker process that started the current run (``jobs.liveness``), written by the
     # start statement itself. Empty for a job made active by an external report.
     worker_id = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    # A run claimed by a report (``jobs.services.job_report``): the ``workerId`` the claim
+    # named, if any, and when the run was last reported on. Such a run has no worker
+    # heartbeat; it is lost after ``FLOWSITE_EXTERNAL_STALLED_AFTER`` seconds without a report.
+    claimed_by = models.CharField(max_length=255, null=True, blank=True, editable=False)
+    reported_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the sweep publishes this job's message again if it is still ``waiting`` or
     # ``delayed`` (``jobs.sweeps``): set with every status change that publishes it.
     redispatch_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -7,6 +7,7 @@ are published after commit (``jobs.dispatch``).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,8 @@ from django.db import transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
+from accounts import permissions
+from accounts.permissions import Action
 from flows import events
 from flows import status as flow_status
 from flows.locks import lock_flow
@@ -23,9 +26,9 @@ from flows.planning import flow_metadata
 from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, QueueState
-from jobs.transitions import StartedJob, job_complete, job_fail, job_start, job_update_progress, settle_flow
+from jobs.transitions import StartedJob, job_complete, job_fail, job_update_progress, settle_flow
 from jobs.validation import NUL_MESSAGE, JSONTooDeep, contains_nul, json_value_errors, validate_job_fields
-from jobs.vocabulary import UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
+from jobs.vocabulary import STARTABLE_JOB_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
 
 
 def job_submit(
@@ -43,7 +46,9 @@ def job_submit(
     flow: it carries the flow's ``flowId`` and ``_flowMetadata``, counts in its
     progress, and the flow finishes only after it. Raises ``SpecValidationError``
     for bad input and ``FlowClosed`` if the flow has already finished. The job
-    belongs to its flow's owner, or to ``owner`` when it is standalone.
+    belongs to its flow's owner, or to ``owner`` when it is standalone. ``owner``
+    (the submitting user; None for the engine) attaches only to flows they may see
+    (another flow is unknown) and change (``accounts.permissions``: ``NotPermitted``).
     """
     node = {"name": name, "queueName": queue_name, "data": data or {}, "opts": opts or {}}
     errors: dict[str, list[str]] = {}
@@ -61,9 +66,12 @@ def job_submit(
             # Shared with other attaches, exclusive for a cancel (``flows.locks``): the flow
             # read below is the one a concurrent cancel leaves, and cancels this job if it ran first.
             lock_flow(flow_id, shared=True)
-            flow = Flow.objects.filter(pk=flow_id).first()
-            if flow is None or (owner is not None and flow.owner_id != owner.pk and not owner.is_staff):
+            flows = Flow.objects.all() if owner is None else permissions.visible(Flow.objects.all(), owner)
+            flow = flows.filter(pk=flow_id).first()
+            if flow is None:
                 raise SpecValidationError("Invalid job.", {"flowId": [f"Unknown flow {flow_id!r}."]})
+            if owner is not None:
+                permissions.authorize(owner, flow, Action.CHANGE, what="attach a job to")
             if not flow_status.flow_is_open(flow.status):
                 raise FlowClosed(f"Flow {flow_id} is {flow.status}: it accepts no more jobs.")
             data = {
@@ -115,20 +123,32 @@ def jobs_requeue_interrupted() -> int:
 
 
 class ReportedJobFailure(Exception):
-    """A failure reported through the API by a job processed outside Flowsite."""
+    """A failure reported through the API by a job processed outside Flowsite.
+
+    ``detail`` is the error object the reporter sent (legacy ``{message, ...}``), if any:
+    the job keeps it as sent (``Job.error_detail``), with its ``message`` as the error text.
+    """
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 def job_report(
-    *, job: Job, status: str, result: Any = None, error: str | None = None, progress: Any = None
+    *, job: Job, status: str, result: Any = None, error: str | dict[str, Any] | None = None, progress: Any = None,
+    worker_id: str | None = None,
 ) -> Job:
     """Apply a state reported by a job processed outside Flowsite, through the state machine.
 
-    ``running`` starts the job (``waiting|delayed -> active``; reporting it again
-    only updates progress). ``completed`` and ``failed`` finish it, starting it
+    ``running`` claims the job (``waiting|delayed -> active``, see ``_claim_run``):
+    of concurrent claimers exactly one wins, the others get ``InvalidTransition``.
+    Reported again by its claimer (the same ``worker_id``) it updates progress and
+    keeps the run alive. ``completed`` and ``failed`` finish the job, claiming it
     first if it was still waiting; a reported failure is final (the job ran
     elsewhere, so Flowsite cannot retry it) and applies the job's failure policy.
     The parent and the flow follow exactly as for a job run by a worker.
     Raises ``InvalidTransition`` with the current status for any other move.
+    ``error`` is a text or an object whose ``message`` is the text (kept whole).
 
     A report is applied whole or not at all: its values are checked before any
     write, and every write is one transaction. A report that failed half-way once
@@ -136,21 +156,15 @@ def job_report(
     """
     _check_report_values(result=result, error=error, progress=progress)
     with transaction.atomic():
-        if job.status == JobStatus.ACTIVE:
-            started: StartedJob | None = StartedJob.from_job(job)
-        else:
-            started = job_start(job_id=job.id)
-        if started is None:
-            job.refresh_from_db(fields=["status"])
-            raise InvalidTransition(
-                f"Job {job.id} is {job.status}: it cannot become {status}.", current_status=job.status
-            )
+        started = _claim_run(job=job, status=status, worker_id=worker_id)
         if progress is not None:
             job_update_progress(job_id=job.id, progress=progress)
         if status == ReportedJobStatus.COMPLETED:
             done = job_complete(job=started, result=result)
         elif status == ReportedJobStatus.FAILED:
-            done = job_fail(job=started, exc=ReportedJobFailure(error or "Reported as failed"), retry_delay_ms=None)
+            message, detail = (error.get("message"), error) if isinstance(error, dict) else (error, None)
+            failure = ReportedJobFailure(message or "Reported as failed", detail)
+            done = job_fail(job=started, exc=failure, retry_delay_ms=None)
         else:
             done = True
         job.refresh_from_db()
@@ -161,7 +175,54 @@ def job_report(
     return job
 
 
-def _check_report_values(*, result: Any, error: str | None, progress: Any) -> None:
+def _claim_run(*, job: Job, status: str, worker_id: str | None) -> StartedJob:
+    """Start the run a report claims, or find the run it continues; else raise ``InvalidTransition``.
+
+    A startable job is claimed by one conditional update (no worker, the report's
+    ``worker_id`` and time recorded): of concurrent claimers exactly one wins. On an
+    ``active`` job, a report continues the run only if it names the claim's
+    ``worker_id``; ``completed``/``failed`` naming none are accepted too (legacy
+    reporters send no id), but ``running`` naming none claims nothing: someone else
+    runs the job. A continuing report renews ``reported_at`` (``jobs.sweeps``).
+    """
+    now = timezone.now()
+    paused = QueueState.objects.filter(paused=True).values("name")
+    claimed = (
+        Job.objects.filter(pk=job.pk, status__in=STARTABLE_JOB_STATUSES)
+        .exclude(queue_name__in=paused)
+        .update(status=JobStatus.ACTIVE, attempts_made=F("attempts_made") + 1, started_at=now, worker_id=None,
+                claimed_by=worker_id, reported_at=now)
+    )
+    job.refresh_from_db()
+    if claimed:
+        _add_claim_events(job)
+        return StartedJob.from_job(job)
+    continues = job.status == JobStatus.ACTIVE and (
+        (worker_id is not None and worker_id == job.claimed_by)
+        or (worker_id is None and status != ReportedJobStatus.RUNNING)
+    )
+    if continues and Job.objects.filter(pk=job.pk, status=JobStatus.ACTIVE).update(reported_at=now):
+        return StartedJob.from_job(job)
+    who = "another worker" if job.status == JobStatus.ACTIVE else "nobody"
+    raise InvalidTransition(
+        f"Job {job.id} is {job.status}: it cannot become {status}"
+        + (f" (it was claimed by {who})." if job.status == JobStatus.ACTIVE else "."),
+        current_status=job.status,
+    )
+
+
+def _add_claim_events(job: Job) -> None:
+    outbox = events.Outbox()
+    outbox.job_updated(
+        flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name, status=JobStatus.ACTIVE,
+        attempts_made=job.attempts_made,
+    )
+    outbox.close()
+    if job.flow_id:
+        flow_status.flow_mark_running(flow_id=job.flow_id)
+
+
+def _check_report_values(*, result: Any, error: str | dict[str, Any] | None, progress: Any) -> None:
     """Raise ``SpecValidationError`` for report values PostgreSQL could not store (a report
     may come from Python too, not only through the API's parser, which checks them as well)."""
     try:
@@ -197,11 +258,26 @@ def queue_resume(*, name: str) -> int:
     return len(refs)
 
 
+def release_due_jobs(*, queue: str) -> int:
+    """Move an external queue's ``delayed`` jobs whose time has come to ``waiting``; return how many.
+
+    Nothing is published for external queues, so nothing else would: external
+    workers look for ``waiting`` jobs. A delayed job is due ``FLOWSITE_REDISPATCH_AFTER``
+    before its ``redispatch_at`` (``jobs.dispatch.redispatch_at``).
+    """
+    due_by = timezone.now() + timedelta(seconds=settings.FLOWSITE_REDISPATCH_AFTER)
+    with transaction.atomic():
+        due = Job.objects.select_for_update(skip_locked=True).filter(
+            queue_name=queue, status=JobStatus.DELAYED, redispatch_at__lte=due_by
+        )
+        return len(_move_jobs(due, JobStatus.DELAYED, JobStatus.WAITING))
+
+
 def job_cancel(*, job: Job) -> bool:
     """Cancel one unfinished job and revoke its message; False if it had already finished."""
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
-            status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
+            status=JobStatus.CANCELLED, error="Cancelled", error_type="", error_detail=None, finished_at=timezone.now()
         )
         if changed:
             outbox = events.Outbox()
@@ -248,7 +324,7 @@ def job_retry_standalone(*, job: Job) -> Job:
     """Re-run a failed job that belongs to no flow: ``failed -> waiting``, attempts reset."""
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status=JobStatus.FAILED).update(
-            status=JobStatus.WAITING, attempts_made=0, error="", error_type="", stacktrace="",
+            status=JobStatus.WAITING, attempts_made=0, error="", error_type="", error_detail=None, stacktrace="",
             result=None, started_at=None, finished_at=None, redispatch_at=redispatch_at(),
         )
         if not changed:

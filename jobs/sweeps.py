@@ -13,6 +13,10 @@
   is left alone (its workers are behind: that is a backlog, not a loss), and a job
   published again waits as long as it has existed before the next time (at least
   ``FLOWSITE_REDISPATCH_AFTER``), so a busy queue is not published over and over.
+- **External queues** (``FLOWSITE_EXTERNAL_QUEUES``) have no messages to publish:
+  their ``delayed`` jobs whose time has come become ``waiting`` (where external
+  workers look for work), and a run claimed by a report that has not been
+  reported on for ``FLOWSITE_EXTERNAL_STALLED_AFTER`` seconds is lost, as above.
 - **Settle.** An open flow whose root job finished more than
   ``FLOWSITE_REDISPATCH_AFTER`` ago is settled (``completed``/``failed`` from its
   jobs): the worker that finished the root died between that commit and the
@@ -41,6 +45,8 @@ from django.utils import timezone
 from jobs import liveness
 from jobs.dispatch import JobRef, enqueue_jobs, queued_messages
 from jobs.models import Job, QueueState
+from jobs.queues import is_external, job_queues
+from jobs.services import release_due_jobs
 from jobs.transitions import fail_lost_run, settle_flow
 from jobs.vocabulary import OPEN_FLOW_STATUSES, TERMINAL_JOB_STATUSES, JobStatus
 
@@ -70,32 +76,40 @@ def sweep() -> SweepResult:
         if not mine:
             return SweepResult(ran=False)
         result = SweepResult()
-        for queue in _queues():
+        for queue in job_queues():
             if stalled := recover_lost_runs(queue):
                 result.stalled[queue] = stalled
-            if redispatched := redispatch_stranded(queue):
+            if is_external(queue):
+                release_due_jobs(queue=queue)
+            elif redispatched := redispatch_stranded(queue):
                 result.redispatched[queue] = redispatched
+            # Counted at once, not after the other queues: the jobs published here may
+            # finish (and be looked at) before this sweep is over.
+            _count(queue, stalled=stalled, redispatched=result.redispatched.get(queue, 0))
         result.settled_flows = settle_finished_flows()
         result.forgotten_workers = liveness.forget_long_dead_workers()
-        _count(result)
         return result
 
 
-def _queues() -> list[str]:
-    """The configured queues (``FLOWSITE_QUEUES``): the only ones jobs can be created on."""
-    return list(dict.fromkeys(settings.FLOWSITE_QUEUES))
-
-
 def recover_lost_runs(queue: str) -> int:
-    """Record the runs of ``queue`` whose worker is silent as lost attempts; return how many."""
-    silent_since = timezone.now() - timedelta(seconds=settings.FLOWSITE_STALLED_AFTER)
+    """Record the runs of ``queue`` whose worker is silent as lost attempts; return how many.
+
+    A run claimed by a report (no worker: ``worker_id`` empty) is silent when it has
+    not been reported on for ``FLOWSITE_EXTERNAL_STALLED_AFTER`` seconds.
+    """
+    now = timezone.now()
+    silent_since = now - timedelta(seconds=settings.FLOWSITE_STALLED_AFTER)
     live = liveness.live_workers().values("pk")
-    suspects = (
+    suspects = list(
         Job.objects.filter(queue_name=queue, status=JobStatus.ACTIVE, worker_id__isnull=False,
                            started_at__lt=silent_since)
         .exclude(worker_id__in=live)
         .values_list("pk", "worker_id", "attempts_made")
     )
+    suspects += Job.objects.filter(
+        queue_name=queue, status=JobStatus.ACTIVE, worker_id__isnull=True,
+        reported_at__lt=now - timedelta(seconds=settings.FLOWSITE_EXTERNAL_STALLED_AFTER),
+    ).values_list("pk", "worker_id", "attempts_made")
     lost = 0
     for job_id, worker_id, attempt in suspects:
         if fail_lost_run(job_id=job_id, run=(worker_id, attempt)):
@@ -161,13 +175,13 @@ def settle_finished_flows() -> int:
     return settled
 
 
-def _count(result: SweepResult) -> None:
-    for queue in {*result.stalled, *result.redispatched}:
-        QueueState.objects.get_or_create(name=queue)
-        QueueState.objects.filter(name=queue).update(
-            stalled_total=F("stalled_total") + result.stalled.get(queue, 0),
-            redispatched_total=F("redispatched_total") + result.redispatched.get(queue, 0),
-        )
+def _count(queue: str, *, stalled: int, redispatched: int) -> None:
+    if not (stalled or redispatched):
+        return
+    QueueState.objects.get_or_create(name=queue)
+    QueueState.objects.filter(name=queue).update(
+        stalled_total=F("stalled_total") + stalled, redispatched_total=F("redispatched_total") + redispatched,
+    )
 
 
 class _exclusive:

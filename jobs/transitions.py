@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -292,13 +293,14 @@ def fail_lost_run(*, job_id: str, run: tuple[str | None, int] | None = None, los
     job = Job.objects.filter(pk=job_id, status=JobStatus.ACTIVE).first()
     if job is None or (run is not None and (job.worker_id, job.attempts_made) != run):
         return False
-    if not (lost_on and job.worker_id == lost_on) and liveness.is_alive(job.worker_id):
+    if not (lost_on and job.worker_id == lost_on) and liveness.is_alive(job.worker_id, reported_at=job.reported_at):
         return False
     started = StartedJob.from_job(job)
-    error = JobLostError(
-        f"Attempt {job.attempts_made} of this job was lost before it finished "
-        f"(its worker process {job.worker_id} died or stopped answering)."
+    cause = (
+        f"its worker process {job.worker_id} died or stopped answering" if job.worker_id
+        else f"it was not reported on for FLOWSITE_EXTERNAL_STALLED_AFTER ({settings.FLOWSITE_EXTERNAL_STALLED_AFTER} s)"
     )
+    error = JobLostError(f"Attempt {job.attempts_made} of this job was lost before it finished ({cause}).")
     logger.warning("Job %s (%s): %s", job.name, job_id, error)
     job_log(job_id=job_id, message=str(error))
     retry = JobOptions.from_stored(job.opts).retry_delay_ms(job.attempts_made)
@@ -439,8 +441,11 @@ def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None,
     fields = {
         "error": message,
         "error_type": type(exc).__name__,
+        # The error object a reporter sent (``jobs.services.ReportedJobFailure``), else none.
+        "error_detail": getattr(exc, "detail", None),
         "stacktrace": "".join(traceback.format_exception(exc))[-20_000:],
     }
+    outcome = {"error": message, "error_type": fields["error_type"], "error_detail": fields["error_detail"]}
     active = Job.objects.filter(pk=job.id, status=JobStatus.ACTIVE)
     if attempt is not None:  # only that attempt's run
         active = active.filter(attempts_made=attempt)
@@ -449,15 +454,16 @@ def job_fail(*, job: StartedJob, exc: BaseException, retry_delay_ms: int | None,
         if retry_delay_ms is not None:
             if not active.update(status=JobStatus.DELAYED, redispatch_at=redispatch_at(retry_delay_ms), **fields):
                 return False
-            _add_job_event(outbox, job, JobStatus.DELAYED, error=message)
+            _add_job_event(outbox, job, JobStatus.DELAYED, **outcome)
             outbox.close()
             ref = JobRef(id=job.id, queue_name=job.queue_name, opts=job.opts)
             transaction.on_commit(lambda: enqueue_jobs([ref], delay_ms=retry_delay_ms))
             return True
         if not active.update(status=JobStatus.FAILED, finished_at=timezone.now(), **fields):
             return False
-        _add_job_event(outbox, job, JobStatus.FAILED, error=message)
-        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}", outbox=outbox)
+        _add_job_event(outbox, job, JobStatus.FAILED, **outcome)
+        _propagate_failure(job=job, error=f"{fields['error_type']}: {message}", error_type=fields["error_type"],
+                           outbox=outbox)
         outbox.close()
     return True
 
@@ -469,7 +475,7 @@ def _add_job_event(outbox: events.Outbox, job: StartedJob, status: str, **outcom
     )
 
 
-def _propagate_failure(*, job: StartedJob, error: str, outbox: events.Outbox) -> None:
+def _propagate_failure(*, job: StartedJob, error: str, error_type: str, outbox: events.Outbox) -> None:
     """Apply a final failure to the ancestors, walking up while parents fail too.
 
     - ``fail-parent`` (default): the parent fails without running, and so on up;
@@ -497,11 +503,13 @@ def _propagate_failure(*, job: StartedJob, error: str, outbox: events.Outbox) ->
             break
         outbox.job_updated(
             flow_id=job.flow_id, job_id=row[0], name=row[1], queue_name=row[4], status=JobStatus.FAILED,
-            attempts_made=row[5], error=parent_error,
+            attempts_made=row[5], error=parent_error, error_type=CHILD_FAILED_ERROR,
         )
         child_id, child_name, parent_id, policy = row[:4]
     if job.flow_id:
-        if flow_status.flow_fail(flow_id=job.flow_id, error=f"Job {job.name} ({job.id}) failed: {error}"):
+        flow_error = f"Job {job.name} ({job.id}) failed: {error}"
+        detail = {"message": flow_error, "type": error_type, "jobId": job.id}
+        if flow_status.flow_fail(flow_id=job.flow_id, error=flow_error, detail=detail):
             outbox.flow_finished(job.flow_id)
 
 

@@ -7,12 +7,14 @@ import math
 import re
 from typing import Any
 
-from django.conf import settings
-
+from jobs.models import Job
+from jobs.queues import is_external, job_queues, unknown_queue_message
 from jobs.registry import handler_names
 from jobs.options import JobOptions, parse_job_options
 
 
+# A job's name on an external queue is not a handler's: only the column bounds it.
+MAX_JOB_NAME_LENGTH = Job._meta.get_field("name").max_length
 NUL_MESSAGE = "Text may not contain NUL (\\u0000) characters."
 
 
@@ -82,22 +84,23 @@ def validate_job_fields(
     node: dict[str, Any], path: str, errors: dict[str, list[str]]
 ) -> tuple[str, str, dict, dict, JobOptions]:
     """Check one job's ``name``, ``queueName``, ``data`` and ``opts``; collect errors by path."""
+    queue = node.get("queueName")
+    if not isinstance(queue, str) or not queue:
+        errors.setdefault(field_path(path, "queueName"), []).append("This field is required and must be a non-empty string.")
+        queue = ""
+    elif queue not in job_queues():
+        errors.setdefault(field_path(path, "queueName"), []).append(unknown_queue_message(queue))
     name = node.get("name")
     if not isinstance(name, str) or not name:
         errors.setdefault(field_path(path, "name"), []).append("This field is required and must be a non-empty string.")
         name = ""
+    elif is_external(queue):
+        # Run elsewhere: any name, as long as the column holds it.
+        if len(name) > MAX_JOB_NAME_LENGTH:
+            errors.setdefault(field_path(path, "name"), []).append(f"Must be at most {MAX_JOB_NAME_LENGTH} characters.")
     elif name not in handler_names():
         known = ", ".join(handler_names()) or "(none)"
         errors.setdefault(field_path(path, "name"), []).append(f"Unknown job handler {name!r}. Known handlers: {known}.")
-    queue = node.get("queueName")
-    allowed = settings.FLOWSITE_QUEUES
-    if not isinstance(queue, str) or not queue:
-        errors.setdefault(field_path(path, "queueName"), []).append("This field is required and must be a non-empty string.")
-        queue = ""
-    elif queue not in allowed:
-        errors.setdefault(field_path(path, "queueName"), []).append(
-            f"Unknown queue {queue!r}. Allowed queues: {', '.join(allowed)}."
-        )
     data = node.get("data", {})
     if data is None:
         data = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -12,16 +11,20 @@ from rest_framework.permissions import IsAdminUser, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import Action, authorize
 from flows.services import flow_retry
 from flows.selectors import flow_status_counts, flows_created_per_hour
 from jobs import selectors, services
 from jobs.filters import JobFilter
 from jobs.models import Job
-from jobs.vocabulary import ID_PATTERN
+from jobs.queues import job_queues, unknown_queue_message
+from jobs.vocabulary import FLOW_UPDATED_MESSAGE, ID_PATTERN
 from jobs.serializers import (
     error_responses,
     DashboardOutputSerializer,
     JobOutputSerializer,
+    JobReportInputSerializer,
+    JobReportOutputSerializer,
     JobSubmitInputSerializer,
     JobSubmitOutputSerializer,
     QueueActionOutputSerializer,
@@ -37,10 +40,10 @@ def _payload(job: Job) -> dict:
 @extend_schema_view(
     list=extend_schema(responses={200: JobOutputSerializer(many=True), **error_responses(400, 401, 404)}, tags=["jobs"]),
     retrieve=extend_schema(responses={200: JobOutputSerializer, **error_responses(400, 401, 404)}, tags=["jobs"]),
-    destroy=extend_schema(responses={204: None, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"]),
+    destroy=extend_schema(responses={204: None, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"]),
 )
 class QueueJobViewSet(viewsets.GenericViewSet):
-    """Jobs of one queue: list, submit, read, retry, delete."""
+    """Jobs of one queue: list, submit, read, report, retry, delete."""
 
     lookup_url_kwarg = "job_id"
     lookup_value_regex = ID_PATTERN
@@ -50,8 +53,8 @@ class QueueJobViewSet(viewsets.GenericViewSet):
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
-        if kwargs["queue_name"] not in settings.FLOWSITE_QUEUES:
-            raise NotFound(f"Unknown queue {kwargs['queue_name']!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
+        if kwargs["queue_name"] not in job_queues():
+            raise NotFound(unknown_queue_message(kwargs["queue_name"]))
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # schema generation
@@ -66,7 +69,7 @@ class QueueJobViewSet(viewsets.GenericViewSet):
     def retrieve(self, request, queue_name: str, job_id: str):
         return Response(_payload(self.get_object()))
 
-    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"])
+    @extend_schema(request=JobSubmitInputSerializer, responses={201: JobSubmitOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"])
     def create(self, request, queue_name: str):
         data = JobSubmitInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -78,14 +81,32 @@ class QueueJobViewSet(viewsets.GenericViewSet):
         body = {"jobId": job.pk, "message": "Job submitted", "job": _payload(job)}
         return Response(body, status=status.HTTP_201_CREATED)
 
+    def acted_on(self, action: Action, what: str) -> Job:
+        """The job of the URL, if the user may see it (else 404) and do this to it (else 403)."""
+        job = self.get_object()
+        authorize(self.request.user, job, action, what=what)
+        return job
+
+    @extend_schema(
+        request=JobReportInputSerializer,
+        responses={200: JobReportOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)},
+        tags=["jobs"],
+    )
+    def update(self, request, queue_name: str, job_id: str):
+        """Report the state of a job processed outside Flowsite (as ``PUT /api/flows/{flowId}/jobs/{jobId}``)."""
+        report = JobReportInputSerializer(data=request.data, context={"job_id": job_id})
+        report.is_valid(raise_exception=True)
+        job = services.job_report(job=self.acted_on(Action.CHANGE, "report the state of"), **report.to_service())
+        return Response({**_payload(job), "message": FLOW_UPDATED_MESSAGE})
+
     def destroy(self, request, queue_name: str, job_id: str):
-        services.job_delete(job=self.get_object())
+        services.job_delete(job=self.acted_on(Action.DELETE, "delete"))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(400, 401, 404, 409, 413)}, tags=["jobs"])
+    @extend_schema(request=None, responses={200: JobOutputSerializer, **error_responses(400, 401, 403, 404, 409, 413)}, tags=["jobs"])
     @action(detail=True, methods=["post"], filter_backends=[])
     def retry(self, request, queue_name: str, job_id: str):
-        job = self.get_object()
+        job = self.acted_on(Action.CHANGE, "retry")
         if job.flow_id:
             flow_retry(flow=job.flow, job_id=job.pk)
         else:
@@ -114,8 +135,8 @@ class QueueViewSet(viewsets.ViewSet):
         )
 
     def _change(self, name: str, *, pause: bool) -> Response:
-        if name not in settings.FLOWSITE_QUEUES:
-            raise NotFound(f"Unknown queue {name!r}. Allowed queues: {', '.join(settings.FLOWSITE_QUEUES)}.")
+        if name not in job_queues():
+            raise NotFound(unknown_queue_message(name))
         changed = services.queue_pause(name=name) if pause else services.queue_resume(name=name)
         return Response({"name": name, "paused": pause, "jobsAffected": changed})
 

@@ -138,5 +138,20 @@ ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 # The system queue of the periodic sweeps (``jobs.sweeps``): every worker consumes it
 # besides the queues it was started with, so a sweep never waits behind jobs.
 SWEEP_QUEUE = "flowsite.sweeps"
+# Job queues of the default configuration (``FLOWSITE_QUEUES``): Flowsite's own, then
+# the legacy service's, so that legacy flow definitions work unchanged.
+DEFAULT_QUEUES = ("default", "video", "image")
+LEGACY_QUEUES = ("flowQueue", "jobQueue", "schedQueue")
+# The legacy service's webhook queue. Reserved for Flowsite's own webhook deliveries
+# (issue #14: Celery tasks on this queue): no job may be sent to it, and neither
+# FLOWSITE_QUEUES nor FLOWSITE_EXTERNAL_QUEUES may name it. Jobs sharing it with the
+# deliveries would hold them up (and the other way round), and a legacy flow job on it
+# was a webhook call, which Flowsite's webhooks replace.
+WEBHOOK_QUEUE = "webhooks"
+RESERVED_QUEUES = frozenset({WEBHOOK_QUEUE, SWEEP_QUEUE})
 # The periodic sweep's Celery task (``jobs.tasks.sweep``), sent by beat to ``SWEEP_QUEUE``.
 SWEEP_TASK = "jobs.sweep"
+
+# The legacy service's response messages, which its clients may show or compare.
+FLOW_CREATED_MESSAGE = "Flow created successfully"
+FLOW_UPDATED_MESSAGE = "Flow updated successfully"

@@ -253,3 +253,11 @@ def live_asgi_server(django_db_setup, django_db_blocker, tmp_path_factory):
 
     with run_server(service_env(connection.settings_dict["NAME"]), tmp_path_factory.mktemp("live-server")) as server:
         yield server
+
+
+@pytest.fixture
+def viewer(operator):
+    """``operator`` (staff, with a token) who may also view every flow and job (``accounts.permissions``)."""
+    from tests.factories import grant
+
+    return grant(operator, "flows.view_flow", "jobs.view_job")

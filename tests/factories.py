@@ -17,3 +17,15 @@ def spec(children: int = 2, *, queue: str = "default", flowname: str = "api-flow
 
 def make_flow(owner, children: int = 2, **kwargs):
     return flow_create(owner=owner, spec=spec(children, **kwargs))
+
+
+def grant(user, *perms: str):
+    """Give ``user`` Django model permissions (``"flows.view_flow"``, ...), as an admin would; return it."""
+    from django.contrib.auth.models import Permission
+
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    for cache in ("_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+        user.__dict__.pop(cache, None)  # the next has_perm reads them again
+    return user

@@ -308,14 +308,14 @@ def build_scenario(db: LegacyDB) -> dict[str, Any]:
     ids["nobody"] = nobody = db.flow(name="nobody", created=at(55))
     db.job(flow=nobody, queue="default", status="completed", created=at(55))
 
-    # H: a broken row: the whole flow is skipped and reported.
+    # H: a row whose children cannot be read (they cannot be placed): the whole flow is skipped and reported.
     ids["broken"] = broken = db.flow(name="broken", user=alice, created=at(60))
     db.job(flow=broken, queue="default", status="waiting-children", created=at(60),
            children=[{"name": "x", "queueName": "default", "data": {"size": 1}}])
     if db.vendor == "sqlite":
-        ids["broken.row"] = db.job(flow=broken, queue="default", data='{"size": ', raw_json=True,
-                                   created=at(61))
-        ids["broken.reason"] = "data is not valid JSON"
+        ids["broken.row"] = db.job(flow=broken, queue="default", data='{"size": 1}', children='[{"name": ',
+                                   raw_json=True, created=at(61))
+        ids["broken.reason"] = "children is not valid JSON"
     else:  # jsonb cannot hold invalid JSON; it can hold the wrong kind of value
         ids["broken.row"] = db.job(flow=broken, queue="default", data={"size": 1}, children={"name": "y"},
                                    created=at(61))

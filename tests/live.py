@@ -52,7 +52,7 @@ def publish(flow, seq: int, name: FlowEvent = FlowEvent.UPDATED, *, broadcast: b
     events.publish_now([events.Event(name=name, data=payload, flow_id=flow.pk, owner_id=flow.owner_id, broadcast=broadcast)])
 
 
-def _unsubscribed(groups: tuple[str, ...]) -> list[str]:
+def unsubscribed_groups(groups: tuple[str, ...]) -> list[str]:
     config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
     channels = [f"{config['prefix']}__group__{group}" for group in groups]
     client = redis.Redis.from_url(config["hosts"][0])
@@ -66,7 +66,7 @@ def _unsubscribed(groups: tuple[str, ...]) -> list[str]:
 def wait_subscribed(*groups: str, timeout: float = SUBSCRIBE_TIMEOUT) -> None:
     """Wait until some process listens to every group in Redis (a publish then reaches it)."""
     deadline = time.monotonic() + timeout
-    while missing := _unsubscribed(groups):
+    while missing := unsubscribed_groups(groups):
         if time.monotonic() > deadline:
             pytest.fail(f"Nobody subscribed to {missing} within {timeout}s")
         time.sleep(0.02)
@@ -75,7 +75,7 @@ def wait_subscribed(*groups: str, timeout: float = SUBSCRIBE_TIMEOUT) -> None:
 async def until_subscribed(*groups: str, timeout: float = SUBSCRIBE_TIMEOUT) -> None:
     """``wait_subscribed`` for async tests."""
     deadline = time.monotonic() + timeout
-    while missing := _unsubscribed(groups):
+    while missing := unsubscribed_groups(groups):
         if time.monotonic() > deadline:
             pytest.fail(f"Nobody subscribed to {missing} within {timeout}s")
         await asyncio.sleep(0.02)

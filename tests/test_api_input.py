@@ -28,7 +28,7 @@ def _assert_json_error(response, status: int):
     assert response.status_code == status, response.content[:300]
     assert response["Content-Type"].startswith("application/json")
     body = response.json()
-    assert set(body) >= {"error", "details"}
+    assert set(body) >= {"error", "message", "details"} and body["message"] == body["error"]
     return body
 
 

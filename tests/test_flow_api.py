@@ -20,7 +20,7 @@ from tests.factories import make_flow, spec
 pytestmark = pytest.mark.django_db
 
 FLOW_FIELDS = {
-    "flowId", "flowname", "name", "queueName", "status", "progress", "result", "error",
+    "flowId", "flowname", "name", "queueName", "status", "progress", "result", "error", "errorMessage",
     "createdAt", "updatedAt", "startedAt", "completedAt",
 }
 
@@ -31,7 +31,7 @@ def test_create_returns_201_with_the_flow(api, user, url):
 
     assert response.status_code == 201
     body = response.json()
-    assert body["message"] == "Flow created"
+    assert body["message"] == "Flow created successfully"
     assert set(body["flow"]) == FLOW_FIELDS
     flow = Flow.objects.get(pk=body["flowId"])
     assert flow.owner == user and flow.status == FlowStatus.PENDING
@@ -126,10 +126,14 @@ def test_list_is_paginated_and_shows_only_the_users_flows(api, user, other_user)
     assert {flow["flowId"] for flow in body["results"]} <= set(Flow.objects.filter(owner=user).values_list("id", flat=True))
 
 
-def test_staff_see_every_flow(user, other_user, staff_user):
+def test_staff_see_every_flow_with_the_view_permission_only(user, other_user, staff_user):
+    from tests.factories import grant
+
     make_flow(user)
     make_flow(other_user)
+    assert token_client(staff_user).get("/api/flows").json()["count"] == 0
 
+    grant(staff_user, "flows.view_flow")
     assert token_client(staff_user).get("/api/flows").json()["count"] == 2
 
 
@@ -173,13 +177,14 @@ def test_detail_has_progress_jobs_and_structure(api, user):
     assert body["progress"]["percentage"] == 66.7
     assert body["progress"][JobStatus.WAITING_CHILDREN] == 1
     assert len(body["jobs"]) == 3
-    assert body["jobStructure"]["jobId"] == flow.root_job_id
+    assert body["jobStructure"] == {"root": flow.job_structure}
+    assert body["jobStructure"]["root"]["jobId"] == flow.root_job_id
     child = next(job for job in body["jobs"] if job["parentJobId"])
     assert child["status"] == JobStatus.COMPLETED and child["result"] == 1
     assert "data" not in child  # the definition is in jobStructure
 
 
-def test_progress_percentage_counts_failed_jobs_as_finished(api, user):
+def test_progress_percentage_is_the_share_of_completed_jobs(api, user):
     flow = make_flow(user, children=3)
     first, second, _ = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position")
     Job.objects.filter(pk=first.pk).update(status=JobStatus.COMPLETED)
@@ -192,8 +197,11 @@ def test_progress_percentage_counts_failed_jobs_as_finished(api, user):
     per_status.update(
         {JobStatus.COMPLETED: 1, JobStatus.FAILED: 1, JobStatus.WAITING: 1, JobStatus.WAITING_CHILDREN: 1}
     )
-    # 2 of 4 jobs are finished: the completed one and the failed one.
-    assert detail == listed == {"total": 4, "completed": 1, "failed": 1, "percentage": 50.0, **per_status}
+    # 1 of 4 jobs completed; the failed one is finished but not done.
+    counts = {"total": 4, "completed": 1, "failed": 1, "percentage": 25.0, **per_status}
+    assert listed == {**counts, "summary": counts}
+    assert set(detail.pop("jobs")) == set(Job.objects.filter(flow=flow).values_list("id", flat=True))
+    assert detail == listed
 
 
 def test_flow_jobs_filter_by_status(api, user):
@@ -252,7 +260,9 @@ def test_report_moves_a_job_through_the_state_machine(api, user):
     assert running.json()["progress"] == 40
     assert done.status_code == 200 and done.json()["result"] == {"ok": True}
     assert again.status_code == 409 and again.json()["currentStatus"] == JobStatus.COMPLETED
-    assert failed.status_code == 200 and failed.json()["error"] == "GPU on fire"
+    assert failed.status_code == 200 and failed.json()["error"] == {"message": "GPU on fire", "type": "ReportedJobFailure"}
+    assert failed.json()["errorMessage"] == "GPU on fire"
+    assert done.json()["message"] == failed.json()["message"] == "Flow updated successfully"
     flow.refresh_from_db()
     assert flow.status == FlowStatus.FAILED
     assert Job.objects.get(pk=flow.root_job_id).status == JobStatus.FAILED
@@ -391,19 +401,49 @@ def test_nul_characters_are_refused_with_400(api, where):
 
 def test_the_databases_job_json_matches_the_python_payload(user):
     from flows.selectors import flow_job_states_json, flow_jobs
-    from jobs.selectors import JOB_STATE_FIELDS, job_state_payload
+    from jobs.selectors import JOB_STATE_FIELDS, job_progress_entry, job_state_payload
 
-    flow = make_flow(user, children=3)
-    first, second, third = Job.objects.filter(flow=flow, parent__isnull=False)
+    flow = make_flow(user, children=4)
+    first, second, third, fourth = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position")
     now = timezone.now()
     Job.objects.filter(pk=first.pk).update(
         status=JobStatus.COMPLETED, result={"a": [1, "é", None]}, started_at=now, finished_at=now.replace(microsecond=0)
     )
-    Job.objects.filter(pk=second.pk).update(status=JobStatus.FAILED, error="boom \"quoted\"", progress={"step": 2})
+    Job.objects.filter(pk=second.pk).update(
+        status=JobStatus.FAILED, error="boom \"quoted\"", error_type="ValueError", progress={"step": 2}
+    )
     Job.objects.filter(pk=third.pk).update(result="text", progress=42.5)
+    # A reporter's error object, kept while its message is the error text; a stale one is not shown.
+    Job.objects.filter(pk=fourth.pk).update(
+        status=JobStatus.FAILED, error="disk full", error_type="ReportedJobFailure",
+        error_detail={"message": "disk full", "code": 28, "type": "IOError"},
+    )
+    Job.objects.filter(pk=flow.root_job_id).update(error="Cancelled", error_detail={"message": "old", "x": 1})
 
-    from_database = json.loads(flow_job_states_json(flow=flow))
+    states_json, entries_json = flow_job_states_json(flow=flow)
     from_python = [job_state_payload(row) for row in flow_jobs(flow=flow).values(*JOB_STATE_FIELDS)]
 
-    assert from_database == from_python
-    assert from_python[1]["finishedAt"].endswith(".000000Z")
+    assert json.loads(states_json) == from_python
+    assert json.loads(entries_json) == {state["jobId"]: job_progress_entry(state) for state in from_python}
+    by_id = {state["jobId"]: state for state in from_python}
+    assert by_id[first.pk]["finishedAt"].endswith(".000000Z")
+    assert by_id[second.pk]["error"] == {"message": 'boom "quoted"', "type": "ValueError"}
+    assert by_id[fourth.pk]["error"] == {"message": "disk full", "code": 28, "type": "IOError"}
+    assert by_id[flow.root_job_id]["error"] == {"message": "Cancelled"}
+    assert by_id[third.pk]["error"] is None and by_id[third.pk]["errorMessage"] is None
+
+
+def test_a_cancelled_job_shows_only_the_cancel_as_its_error(api, user):
+    flow = make_flow(user, children=1)
+    child = Job.objects.get(flow=flow, parent__isnull=False)
+    # An attempt failed and the job waits for its retry: its error is that attempt's.
+    Job.objects.filter(pk=child.pk).update(
+        status=JobStatus.DELAYED, error="disk full", error_type="OSError", error_detail={"message": "disk full"}
+    )
+
+    assert api.post(f"/api/flows/{flow.pk}/cancel").status_code == 200
+
+    jobs = {job["jobId"]: job for job in api.get(f"/api/flows/{flow.pk}/jobs").json()}
+    assert jobs[child.pk]["error"] == {"message": "Cancelled"} and jobs[child.pk]["errorType"] is None
+    child.refresh_from_db()
+    assert (child.status, child.error_type, child.error_detail) == (JobStatus.CANCELLED, "", None)

@@ -103,9 +103,12 @@ def test_parent_receives_children_values_by_name_and_job_id(user):
     assert values[echo_child.id]["data"] == {"label": "child"}
     assert values["test-echo"]["flowId"] == flow.id
     assert flow.result["data"] == {"label": "root"}
+    injected_at = flow.result["metadata"]["injectedAt"]
     assert flow.result["metadata"] == {
         "flowId": flow.id, "flowname": "test-flow", "rootJobId": flow.root_job_id, "parentJobId": None,
+        "parentFlowName": "test-flow", "injectedAt": injected_at,
     }
+    assert echo_child.data["_flowMetadata"]["injectedAt"] == injected_at  # one time for the whole tree
     assert echo_child.data["_flowMetadata"]["parentJobId"] == flow.root_job_id
     assert flow.job_structure["jobId"] == flow.root_job_id
     assert {c["jobId"] for c in flow.job_structure["children"]} == {value_job.id, echo_child.id}

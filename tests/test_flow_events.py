@@ -16,9 +16,11 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from flows import events
+from flows.selectors import flow_payload_of
 from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
 from jobs.models import Job
-from jobs.vocabulary import FlowEvent, FlowStatus, JobStatus
+from jobs.selectors import JOB_STATE_FIELDS, job_state_payload
+from jobs.vocabulary import CHILD_FAILED_ERROR, FlowEvent, FlowStatus, JobStatus
 from tests.conftest import wait_for, wait_for_flow
 
 pytestmark = pytest.mark.usefixtures("engine_db")
@@ -110,7 +112,10 @@ def test_a_completed_flow_publishes_every_change_numbered_in_commit_order(user, 
     assert created["event"] == FlowEvent.CREATED
     assert created["data"]["flowId"] == flow.pk and created["data"]["status"] == FlowStatus.PENDING
     assert {job["jobId"] for job in created["data"]["jobs"]} == set(flow.jobs.values_list("id", flat=True))
-    assert created["data"]["jobStructure"] == flow.job_structure
+    assert created["data"]["jobStructure"] == {"root": flow.job_structure}
+    # The REST detail's shape: progress with the legacy summary and jobs map.
+    assert created["data"]["progress"]["summary"]["total"] == 4 and created["data"]["progress"]["summary"]["waiting"] == 3
+    assert set(created["data"]["progress"]["jobs"]) == set(flow.jobs.values_list("id", flat=True))
 
     job_events = [m["data"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED]
     per_job = {}
@@ -157,12 +162,22 @@ def test_a_failing_flow_ends_with_flow_failed_after_every_job_event(user, listen
     ordered = by_seq(owner.wait_for_event(flow.pk, FlowEvent.FAILED))
     # The last one: a sibling still running when the flow failed gets it sent again.
     failed = [m for m in ordered if m["event"] == FlowEvent.FAILED][-1]
-    assert failed["data"]["error"] == flow.error and failed["data"]["failedAt"]
+    # The REST flow's error object, built by the same function.
+    failing = flow.jobs.get(name="test-fail")
+    assert failed["data"]["error"] == flow_payload_of(flow)["error"] == {
+        "message": flow.error, "type": "ValueError", "jobId": failing.pk,
+    }
+    assert failed["data"]["errorMessage"] == flow.error and failed["data"]["failedAt"]
     job_events = [m["data"] for m in ordered if m["event"] == FlowEvent.JOB_UPDATED]
     assert failed["data"]["seq"] > max(data["seq"] for data in job_events)
     finals = {data["jobId"]: data for data in job_events if data["jobStatus"] == JobStatus.FAILED}
     assert flow.root_job_id in finals  # the parent, failed by its child
-    assert finals[flow.root_job_id]["error"].startswith("Child job test-fail")
+    root_row = Job.objects.values(*JOB_STATE_FIELDS).get(pk=flow.root_job_id)
+    assert finals[flow.root_job_id]["error"] == job_state_payload(root_row)["error"]
+    assert finals[flow.root_job_id]["error"]["message"].startswith("Child job test-fail")
+    assert finals[flow.root_job_id]["error"]["type"] == CHILD_FAILED_ERROR
+    assert finals[failing.pk]["error"] == {"message": "boom", "type": "ValueError"}
+    assert finals[failing.pk]["errorMessage"] == "boom"
 
 
 def test_a_job_that_finishes_after_its_flow_failed_is_followed_by_the_final_event_again(user, listen):
@@ -333,7 +348,7 @@ def test_a_retried_attempt_and_an_attached_job_have_their_events(user, listen):
     attempts = [(m["data"]["jobStatus"], m["data"]["attemptsMade"], m["data"].get("error"))
                 for m in ordered if m["event"] == FlowEvent.JOB_UPDATED and m["data"]["jobId"] == flaky]
     assert attempts == [
-        (JobStatus.ACTIVE, 1, None), (JobStatus.DELAYED, 1, "failing attempt 1"),
+        (JobStatus.ACTIVE, 1, None), (JobStatus.DELAYED, 1, {"message": "failing attempt 1", "type": "RuntimeError"}),
         (JobStatus.ACTIVE, 2, None), (JobStatus.COMPLETED, 2, None),
     ]
     attached = flow.jobs.get(name="test-sleep").pk

@@ -142,7 +142,7 @@ def test_dashboard_counts_queues_flows_and_latest_failures_of_the_user_only(api,
     assert body["flows"] == {status.value: int(status == FlowStatus.FAILED) for status in FlowStatus}
     assert body["queues"]["default"] == counts(FAILED=1, WAITING=1)
     assert body["queues"]["image"] == counts()
-    assert [(job["jobId"], job["error"]) for job in body["latestFailures"]] == [(flow.root_job_id, "boom")]
+    assert [(job["jobId"], job["error"]) for job in body["latestFailures"]] == [(flow.root_job_id, {"message": "boom"})]
     assert token_client(None).get("/api/dashboard").status_code == 401
 
 

@@ -554,3 +554,82 @@ def test_queries_do_not_grow_with_the_number_of_flows(kind, make_legacy, django_
             assert migrate("--source", url, "--batch-size", "100")[0] == 0
         counts.append(len(queries))
     assert counts[0] == counts[1] and counts[0] <= 12, counts
+
+
+# Cells kept raw, queues no worker consumes ----------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["sqlite-cuid", "sqlite-int", "postgresql-cuid"])
+def test_a_cell_that_cannot_be_read_keeps_its_raw_text_and_its_flow_migrates(kind, make_legacy, alice):
+    """Regression: one unreadable cell used to skip its whole flow, good jobs included."""
+    db, url = make_legacy(kind)
+    owner = db.user(email="alice@example.com")
+    flow = db.flow(name="thumbnails", user=owner, created=at(0), updated=at(5))
+    db.job(flow=flow, queue="default", status="waiting-children", created=at(0), children=[
+        {"name": "good", "queueName": "image", "data": {"size": 1}},
+        {"name": "mangled", "queueName": "image", "data": {"size": 2}},
+    ])
+    db.job(flow=flow, queue="image", data={"size": 1}, result={"ok": True}, created=at(1), updated=at(2))
+    if db.vendor == "sqlite":
+        raw = {"data": '{"size": ', "opts": "{attempts: 3}", "result": "done!"}
+        bad = db.job(flow=flow, queue="image", raw_json=True, created=at(1), updated=at(3), **raw)
+        reasons = ["data is not valid JSON", "opts is not valid JSON", "result is not valid JSON"]
+    else:  # jsonb holds valid JSON only: the wrong kind of value for data and opts
+        raw = {"data": "[1, 2]", "opts": '"fast"'}
+        bad = db.job(flow=flow, queue="image", data=[1, 2], opts="fast", created=at(1), updated=at(3))
+        reasons = ["data is not a JSON object", "opts is not a JSON object"]
+    db.commit()
+
+    code, out, err = migrate("--source", url)
+
+    assert code == 1, out  # migrated, but it needs attention
+    assert "flows: 1 migrated, 0 already migrated, 0 skipped (of 1)" in out
+    assert "jobs:  3 migrated, 0 skipped" in out
+    assert "need attention" in err and "Needs attention: " in out
+    warnings = out.split("Warnings (", 1)[1]
+    for reason in reasons:
+        assert f"FlowJob {bad}: {reason}" in warnings
+    migrated_flow = migrated(flow)
+    assert migrated_flow.status == FlowStatus.RUNNING
+    # Placed under its parent by its definition's queue, named by it, its raw text kept.
+    assert tree(migrated_flow) == ("thumbnails", "default", JobStatus.WAITING_CHILDREN, [
+        ("good", "image", JobStatus.COMPLETED, []),
+        ("mangled", "image", JobStatus.COMPLETED, []),
+    ])
+    job = Job.objects.get(flow=migrated_flow, name="mangled")
+    assert job.data["_legacyRaw"] == raw["data"] and job.data["flowId"] == migrated_flow.pk
+    assert job.opts == {"_legacyRaw": raw["opts"]} and job.max_attempts == 1
+    if "result" in raw:
+        assert job.result == {"_legacyRaw": raw["result"]}
+    assert Job.objects.get(flow=migrated_flow, name="good").result == {"ok": True}
+    # A second run has nothing left to do, and the report still names nothing new.
+    assert "flows: 0 migrated, 1 already migrated" in migrate("--source", url)[1]
+
+
+@pytest.mark.django_db
+def test_unfinished_jobs_on_a_queue_no_worker_consumes_are_reported(make_legacy, alice, settings):
+    db, url = make_legacy("sqlite-cuid")
+    owner = db.user(email="alice@example.com")
+    flow = db.flow(name="legacy", user=owner, created=at(0))
+    db.job(flow=flow, queue="flowQueue", status="waiting-children", created=at(0), children=[
+        {"name": "done", "queueName": "jobQueue", "data": {"n": 1}},
+        {"name": "todo", "queueName": "schedQueue", "data": {"n": 2}},
+    ])
+    db.job(flow=flow, queue="jobQueue", data={"n": 1}, created=at(1))
+    todo = db.job(flow=flow, queue="schedQueue", data={"n": 2}, status="waiting", created=at(1))
+    db.commit()
+    settings.FLOWSITE_QUEUES = ["default", "flowQueue"]
+
+    code, out, _ = migrate("--source", url, "--dry-run")
+
+    assert code == 1, out
+    assert f"FlowJob {todo}: is waiting on queue 'schedQueue', which no worker consumes" in out
+    assert "'jobQueue'" not in out  # finished: history, nothing to run
+    assert "'flowQueue'" not in out  # consumed
+
+    settings.FLOWSITE_QUEUES = ["default", "flowQueue"]
+    settings.FLOWSITE_EXTERNAL_QUEUES = ["schedQueue"]  # reported by an external worker
+    code, out, _ = migrate("--source", url)
+    assert code == 0, out
+    assert migrated(flow).jobs.get(name="todo").status == JobStatus.WAITING

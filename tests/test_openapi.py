@@ -105,7 +105,7 @@ def test_a_request_with_a_bad_host_gets_the_apis_json_400(auth_header, host, met
 
     assert response.status_code == 400
     assert response.content_type == "application/json"
-    assert response.get_json() == {"error": "Invalid Host header.", "details": {}}
+    assert response.get_json() == {"error": "Invalid Host header.", "message": "Invalid Host header.", "details": {}}
 
 
 # Hostile values that once answered an HTML 500 or 404 through the real WSGI app
@@ -132,7 +132,8 @@ def test_hostile_values_get_the_apis_json_errors(auth_header, method, path, body
 
     assert response.status_code == status
     assert response.content_type == "application/json"
-    assert set(response.get_json()) == {"error", "details"}
+    body = response.get_json()
+    assert set(body) == {"error", "message", "details"} and body["message"] == body["error"]
 
 
 def test_a_raw_non_ascii_token_gets_the_apis_json_401(keep_test_connection):
@@ -167,3 +168,22 @@ def test_documented_shapes_match_the_payloads_the_api_builds(django_user_model):
     assert set(FlowDetailOutputSerializer().fields) == set(flow_payload_of(flow)) | {"jobs", "jobStructure"}
     assert set(JobOutputSerializer().fields) == set(job_payload(row))
     assert set(JobStateOutputSerializer().fields) == set(job_state_payload({k: row[k] for k in JOB_STATE_FIELDS}))
+
+
+def test_the_schema_documents_the_legacy_shapes(tmp_path):
+    import yaml
+
+    call_command("spectacular", "--file", str(tmp_path / "schema.yml"))
+    document = yaml.safe_load((tmp_path / "schema.yml").read_text())
+    schemas = document["components"]["schemas"]
+
+    flows_list = document["paths"]["/api/flows/"]["get"]["parameters"]
+    assert {"page", "pageSize", "limit"} <= {parameter["name"] for parameter in flows_list}
+    assert "completed" in schemas["ProgressSummary"]["properties"]["percentage"]["description"]
+    assert {"summary"} <= set(schemas["Progress"]["properties"])
+    assert {"summary", "jobs"} <= set(schemas["FlowDetailProgress"]["properties"])
+    assert set(schemas["JobStructure"]["properties"]) == {"root"}
+    assert set(schemas["ErrorObject"]["required"]) == {"message"}
+    assert {"message", "error", "details"} <= set(schemas["ErrorOutput"]["required"])
+    report = schemas["JobReportInputRequest"]["properties"]
+    assert {"jobId", "error"} <= set(report) and len(report["error"]["oneOf"]) == 2

@@ -183,8 +183,8 @@ def test_a_client_never_hears_another_users_flows(clients, alice, mallory, flow)
     assert outsider.nothing()
 
 
-def test_staff_hear_every_flow(clients, operator, flow, other_flow):
-    listener = clients(auth={"token": operator.token})
+def test_staff_who_view_all_flows_hear_every_flow(clients, viewer, flow, other_flow):
+    listener = clients(auth={"token": viewer.token})
     wait_subscribed(events.STAFF_GROUP)
     publish(flow, 1)
     publish(other_flow, 1)

@@ -21,7 +21,7 @@ from flows.consumers import CloseCode
 from flows.models import Flow
 from flowsite.asgi import application
 from jobs.vocabulary import ClientEvent, FlowEvent
-from tests.live import WebsocketCommunicator, publish, until_subscribed
+from tests.live import WebsocketCommunicator, publish, unsubscribed_groups, until_subscribed
 
 pytestmark = pytest.mark.anyio
 
@@ -174,9 +174,9 @@ async def test_an_unknown_path_is_closed_with_4404(sockets, alice):
     assert await close_code(await sockets("/ws/nothing/", token=alice.token)) == CloseCode.NOT_FOUND
 
 
-async def test_staff_hear_every_flow(sockets, operator, flow, other_flow):
-    everything = await sockets("/ws/flows/", token=operator.token)
-    one = await sockets(f"/ws/flows/{flow.pk}/", token=operator.token)
+async def test_staff_who_view_all_flows_hear_every_flow(sockets, viewer, flow, other_flow):
+    everything = await sockets("/ws/flows/", token=viewer.token)
+    one = await sockets(f"/ws/flows/{flow.pk}/", token=viewer.token)
     await until_subscribed(events.STAFF_GROUP, events.flow_group(flow.pk))
     publish(flow, 1)
     publish(other_flow, 1)
@@ -184,6 +184,19 @@ async def test_staff_hear_every_flow(sockets, operator, flow, other_flow):
     assert heard == {(flow.pk, 1), (other_flow.pk, 1)}
     assert (await receive(one))["data"]["flowId"] == flow.pk
     assert await one.receive_nothing(QUIET)
+
+
+async def test_staff_without_the_view_permission_hear_and_subscribe_to_only_their_own_flows(sockets, operator, flow):
+    """A staff member without ``flows.view_flow`` is like any user for another's flow: 4404, an error, nothing heard."""
+    assert await close_code(await sockets(f"/ws/flows/{flow.pk}/", token=operator.token)) == CloseCode.NOT_FOUND
+    socket = await sockets("/ws/flows/", token=operator.token)
+    reply = await action(socket, action="subscribe", flowId=flow.pk)
+    snapshot = await action(socket, action="snapshot", flowId=flow.pk)
+    assert reply == {"event": ClientEvent.ERROR, "data": {"message": "Flow not found.", "action": "subscribe", "flowId": flow.pk}}
+    assert snapshot["event"] == ClientEvent.ERROR
+    await until_subscribed(events.user_group(operator.pk))
+    publish(flow, 1)
+    assert await socket.receive_nothing(QUIET)  # sent to the flow's owner and to those who see all flows
 
 
 async def test_a_user_never_hears_another_users_flows(sockets, alice, mallory, flow):
@@ -296,12 +309,14 @@ async def test_an_event_heard_through_two_groups_is_delivered_once(sockets, alic
     assert await socket.receive_nothing(QUIET)
 
 
-async def test_a_staff_owner_hears_their_flow_once(sockets, operator):
+async def test_a_staff_owner_hears_their_flow_once(sockets, viewer):
     own = await in_db(
-        lambda: Flow.objects.create(owner=operator, flowname="mine", name="test-sum", queue_name="default")
+        lambda: Flow.objects.create(owner=viewer, flowname="mine", name="test-sum", queue_name="default")
     )
-    socket = await sockets("/ws/flows/", token=operator.token)
-    await until_subscribed(events.user_group(operator.pk), events.STAFF_GROUP)
+    socket = await sockets("/ws/flows/", token=viewer.token)
+    await until_subscribed(events.STAFF_GROUP)
+    # The staff group carries their own flows too: the user group would only add copies.
+    assert unsubscribed_groups((events.user_group(viewer.pk),))
     publish(own, 1)
     assert (await receive(socket))["data"]["seq"] == 1
     assert await socket.receive_nothing(QUIET)

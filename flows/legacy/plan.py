@@ -2,9 +2,11 @@
 
 Pure: builds unsaved ``Flow`` and ``Job`` objects (and never touches a
 database), so a dry run plans exactly what a real run writes. A row that cannot
-be migrated raises ``BadRow``, which skips its whole flow: a flow with a hole
-in it would get a wrong tree and a wrong status, and skipping it whole lets a
-later run migrate it cleanly once the row is fixed.
+be placed in its flow raises ``BadRow``, which skips its whole flow: a flow with
+a hole in it would get a wrong tree and a wrong status, and skipping it whole
+lets a later run migrate it cleanly once the row is fixed. A ``data``, ``opts``
+or ``result`` cell that cannot be read does not: the job keeps its raw text as
+``{"_legacyRaw": "..."}`` and is reported as needing attention.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from flows.legacy.values import (
     parse_json_list,
     parse_json_object,
     parse_timestamp,
+    RAW_KEY,
+    raw_text,
     user_data,
 )
+from jobs.queues import job_queues
 from flows.models import Flow, new_flow_id
 from jobs.models import Job, new_job_id
 from jobs.options import parse_job_options
@@ -40,6 +45,7 @@ from jobs.vocabulary import (
     FINAL_FLOW_STATUSES,
     IGNORED_FAILURE_POLICIES,
     TERMINAL_JOB_STATUSES,
+    UNFINISHED_JOB_STATUSES,
     FlowStatus,
     JobStatus,
 )
@@ -74,6 +80,13 @@ class ParsedJob:
     children: list[Any]
     created_at: dt.datetime
     updated_at: dt.datetime
+    # Why a cell was kept raw (``RAW_KEY``), one reason per cell.
+    raw_cells: list[str] = field(default_factory=list)
+
+    @property
+    def data_unreadable(self) -> bool:
+        """Its ``data`` was kept raw: it can match its definition by queue only (``tree``)."""
+        return RAW_KEY in self.data and any(reason.startswith("data ") for reason in self.raw_cells)
 
 
 @dataclass
@@ -86,6 +99,8 @@ class FlowPlan:
     warnings: list[Issue] = field(default_factory=list)
     statuses_mapped: Counter[tuple[str, str]] = field(default_factory=Counter)
     statuses_unknown: list[tuple[str, str]] = field(default_factory=list)
+    # Migrated, but the exit status says they need attention (also listed in ``warnings``).
+    attention: list[Issue] = field(default_factory=list)
 
 
 def plan_legacy_flow(*, legacy: LegacyFlow, rows: list[LegacyJob], owner_id: int | None) -> FlowPlan:
@@ -113,6 +128,8 @@ def plan_legacy_flow(*, legacy: LegacyFlow, rows: list[LegacyJob], owner_id: int
     plan.flow.job_structure = _structure(parsed, tree, ids)
     _note_statuses(plan, parsed)
     _note_tree(plan, parsed, tree)
+    _note_raw_cells(plan, parsed)
+    _note_queues(plan, parsed)
     _finish_flow(plan.flow, plan.jobs, has_root=tree.root is not None, created_at=created_at, updated_at=updated_at)
     return plan
 
@@ -151,23 +168,35 @@ def _parse_job(row: LegacyJob, *, default_time: dt.datetime) -> ParsedJob:
             _check_length(legacy_id_text(row.job_id), Job, "legacy_id", "FlowJob", job_id, "jobId")
         status, known = map_status(row.status)
         created = parse_timestamp(row.created_at, column="createdAt") or default_time
+        raw_cells: list[str] = []
         return ParsedJob(
             legacy=row,
             row_id=job_id,
             queue_name=row.queue_name,
-            data=parse_json_object(row.data, column="data"),
-            opts=parse_json_object(row.opts, column="opts"),
+            data=_or_raw(parse_json_object, row.data, "data", raw_cells),
+            opts=_or_raw(parse_json_object, row.opts, "opts", raw_cells),
             status=status,
             status_known=known,
-            result=parse_json(row.result, column="result"),
+            result=_or_raw(parse_json, row.result, "result", raw_cells),
             error="" if row.error is None else str(row.error),
+            # Unreadable children cannot be placed: that skips the flow.
             children=parse_json_list(row.children, column="children"),
             created_at=created,
             updated_at=parse_timestamp(row.updated_at, column="updatedAt") or created,
+            raw_cells=raw_cells,
         )
     except (BadValue, BadRow) as exc:
         reason = exc.issue.reason if isinstance(exc, BadRow) else str(exc)
         raise BadRow(Issue("FlowJob", job_id, f"{reason} ({where})")) from exc
+
+
+def _or_raw(parse: Callable[..., Any], value: Any, column: str, raw_cells: list[str]) -> Any:
+    """``parse(value)``, or ``{RAW_KEY: <the cell's text>}`` if it cannot be read (the reason noted)."""
+    try:
+        return parse(value, column=column)
+    except BadValue as exc:
+        raw_cells.append(str(exc))
+        return {RAW_KEY: raw_text(value)}
 
 
 def _check_length(value: str, model: type, field_name: str, table: str, legacy_id: str, column: str) -> None:
@@ -362,6 +391,32 @@ def _note_tree(plan: FlowPlan, parsed: list[ParsedJob], tree: Tree) -> None:
             plan.warnings.append(
                 Issue("FlowJob", parsed[index].row_id, f"its definition has no name: named {UNKNOWN_JOB_NAME!r}")
             )
+
+
+def _note_raw_cells(plan: FlowPlan, parsed: list[ParsedJob]) -> None:
+    for job in parsed:
+        for reason in job.raw_cells:
+            column = reason.split(" ", 1)[0]
+            _attention(plan, Issue("FlowJob", job.row_id, f"{reason}: migrated with its raw text as {column} "
+                                                          f'{{"{RAW_KEY}": ...}}'))
+
+
+def _note_queues(plan: FlowPlan, parsed: list[ParsedJob]) -> None:
+    """Name the unfinished jobs on a queue Flowsite does not know: no worker would ever run them."""
+    known = set(job_queues())
+    for job in parsed:
+        if job.queue_name not in known and job.status in UNFINISHED_JOB_STATUSES:
+            _attention(plan, Issue(
+                "FlowJob", job.row_id,
+                f"is {job.status} on queue {job.queue_name!r}, which no worker consumes and no external "
+                "worker reports (not in FLOWSITE_QUEUES or FLOWSITE_EXTERNAL_QUEUES): add the queue, "
+                "or cancel the flow",
+            ))
+
+
+def _attention(plan: FlowPlan, issue: Issue) -> None:
+    plan.attention.append(issue)
+    plan.warnings.append(issue)
 
 
 def _describe(definition: Any) -> str:

@@ -41,6 +41,9 @@ class MigrationReport:
     users_created: int = 0
     errors: list[Issue] = field(default_factory=list)
     warnings: list[Issue] = field(default_factory=list)
+    # Warnings that need attention (also in ``warnings``): a cell kept raw, a job no worker
+    # would run. Their rows were migrated, but the exit status says so (1).
+    attention: list[Issue] = field(default_factory=list)
     # (legacy status as shown, Flowsite status) -> jobs, for legacy spellings we recognised.
     statuses_mapped: Counter[tuple[str, str]] = field(default_factory=Counter)
     # legacy status as shown (repr, or NULL) -> FlowJob ids that fell back to FALLBACK_JOB_STATUS.
@@ -51,8 +54,9 @@ class MigrationReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing was skipped (and ``--drop-legacy``, if asked for, dropped the tables)."""
-        return not self.errors and not self.drop_refused
+        """True when nothing was skipped or needs attention (and ``--drop-legacy``, if asked for,
+        dropped the tables)."""
+        return not self.errors and not self.attention and not self.drop_refused
 
     def skip_flow(self, issue: Issue, *, jobs: int) -> None:
         self.errors.append(issue)
@@ -80,6 +84,10 @@ class MigrationReport:
             lines += [f"  {issue}" for issue in self.warnings[:MAX_WARNINGS_SHOWN]]
             if len(self.warnings) > MAX_WARNINGS_SHOWN:
                 lines.append(f"  ... and {len(self.warnings) - MAX_WARNINGS_SHOWN} more")
+        if self.attention:
+            lines.append(
+                f"Needs attention: {len(self.attention)} of these warnings (a cell kept raw, a job no worker runs)."
+            )
         if self.dropped_tables:
             lines.append("Dropped the legacy tables: " + ", ".join(f'"{t}"' for t in self.dropped_tables))
         if self.drop_refused:

@@ -122,6 +122,7 @@ def _record(plan: FlowPlan, *, report: MigrationReport) -> None:
     report.flows_migrated += 1
     report.jobs_migrated += len(plan.jobs)
     report.warnings += plan.warnings
+    report.attention += plan.attention
     report.statuses_mapped.update(plan.statuses_mapped)
     for shown, row_id in plan.statuses_unknown:
         report.statuses_unknown.setdefault(shown, []).append(row_id)

@@ -4,7 +4,9 @@ The legacy ``"FlowJob"`` table has no parent column and no job name. A parent's
 ``children`` column holds the BullMQ flow definitions it was created with
 (``{name, queueName, data, opts, children}``); each definition is matched to a
 row by queue and data (see ``values.signature``). The root is the row no
-definition claims, and its name is the legacy ``"Flow".name``.
+definition claims, and its name is the legacy ``"Flow".name``. A row whose data
+could not be read (``data_unreadable``) matches a definition by queue alone, once
+no row matches that definition's data.
 """
 
 from __future__ import annotations
@@ -99,8 +101,13 @@ def _grow(
 ) -> Tree:
     """Place rows breadth-first from ``root``, each definition taking the first free match."""
     free: dict[tuple[str, Any], deque[int]] = {}
+    unreadable: dict[str, deque[int]] = {}  # rows whose data could not be read, by queue
     for index, key in enumerate(keys):
-        if index != root:
+        if index == root:
+            continue
+        if getattr(rows[index], "data_unreadable", False):
+            unreadable.setdefault(rows[index].queue_name, deque()).append(index)
+        else:
             free.setdefault(key, deque()).append(index)
     tree = Tree(root=root, placements={root: Placement(parent=None, position=0, name=root_name)})
     pending: deque[tuple[int, list[Any]]] = deque([(root, rows[root].children)])
@@ -108,6 +115,8 @@ def _grow(
         parent, definitions = pending.popleft()
         for definition in definitions:
             child = _take(free, definition, definition_keys)
+            if child is None:
+                child = _take_unreadable(unreadable, definition)
             if child is None:
                 tree.missing.append((parent, definition))
                 continue
@@ -124,6 +133,12 @@ def _take(free: dict[tuple[str, Any], deque[int]], definition: Any, keys: _Defin
     if not isinstance(definition, dict):
         return None
     matches = free.get(keys.of(definition))
+    return matches.popleft() if matches else None
+
+
+def _take_unreadable(unreadable: dict[str, deque[int]], definition: Any) -> int | None:
+    queue = definition.get("queueName") if isinstance(definition, dict) else None
+    matches = unreadable.get(queue) if isinstance(queue, str) else None
     return matches.popleft() if matches else None
 
 

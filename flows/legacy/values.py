@@ -50,6 +50,10 @@ _SECONDS_THRESHOLD = 100_000_000_000
 _DIGITS = re.compile(r"-?\d+")
 
 
+# The key under which a JSON cell that cannot be read keeps its raw text: ``{"_legacyRaw": "..."}``.
+RAW_KEY = "_legacyRaw"
+
+
 class BadValue(ValueError):
     """A legacy value that cannot be migrated; the message says which and why."""
 
@@ -121,6 +125,13 @@ def parse_json_list(value: Any, *, column: str) -> list[Any]:
     if not isinstance(decoded, list):
         raise BadValue(f"{column} is not a JSON array: {_preview(value)}")
     return decoded
+
+
+def raw_text(value: Any) -> str:
+    """A cell's value as the legacy database held it, as text (what ``RAW_KEY`` keeps)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def map_status(value: Any) -> tuple[JobStatus, bool]:

@@ -6,8 +6,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from flows.legacy import DEFAULT_BATCH_SIZE, LegacyMigrationError, MigrationReport, migrate_legacy_flows
 
-# Exit statuses (docs/legacy-migration.md): 0 all migrated, 1 rows skipped (or tables not dropped),
-# 2 could not start.
+# Exit statuses (docs/legacy-migration.md): 0 all migrated, 1 rows skipped or needing attention
+# (or tables not dropped), 2 could not start.
 EXIT_SKIPPED = 1
 EXIT_CANNOT_START = 2
 
@@ -56,6 +56,11 @@ class Command(BaseCommand):
         if report.errors:
             raise CommandError(
                 f"{len(report.errors)} legacy row(s) were skipped: see the report above.", returncode=EXIT_SKIPPED
+            )
+        if report.attention:
+            raise CommandError(
+                f"{len(report.attention)} migrated legacy row(s) need attention: see the warnings above.",
+                returncode=EXIT_SKIPPED,
             )
         if report.drop_refused:
             raise CommandError(f"The legacy tables were not dropped: {report.drop_refused}", returncode=EXIT_SKIPPED)

@@ -11,6 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from jobs.queues import external_queues, worked_queues
+
 # Embedded mode only: the generated admin password, readable by the local user alone (0600),
 # for whoever missed it in the first start's output. Removed once the password is changed.
 ADMIN_PASSWORD_FILE = "admin-password"
@@ -50,6 +52,7 @@ class Command(BaseCommand):
         **options,
     ) -> None:
         import uvicorn
+        from rest_framework.settings import api_settings
 
         if workers is not None and workers < 1:
             raise CommandError("--workers must be at least 1.")
@@ -76,7 +79,9 @@ class Command(BaseCommand):
             if requeued:
                 self.stdout.write(f"Re-queued {requeued} job(s) interrupted by the last shutdown.")
             worker = start_embedded_worker()
-            self.stdout.write(f"Worker running in-process on queues: {', '.join(settings.FLOWSITE_QUEUES)}")
+            self.stdout.write(f"Worker running in-process on queues: {', '.join(worked_queues())}")
+        if external_queues():
+            self.stdout.write(f"External queues (jobs reported through the API): {', '.join(external_queues())}")
         beat = None
         if not settings.EMBEDDED and not no_beat:
             beat = self._start_beat()
@@ -97,6 +102,10 @@ class Command(BaseCommand):
                 # CPU than it saved (bench/events.py).
                 ws_per_message_deflate=False,
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+                # The client's address is the connection's unless NUM_PROXIES trusts proxies
+                # (the token throttle, the admin login lockout). uvicorn would otherwise take
+                # X-Forwarded-For from any client on 127.0.0.1 as the address.
+                proxy_headers=api_settings.NUM_PROXIES > 0,
             )
         finally:
             if worker is not None:

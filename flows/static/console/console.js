@@ -92,6 +92,12 @@
     return wrapper;
   }
 
+  // An error is the REST API's object ({message, type?, ...}); older payloads carried the text.
+  function errorText(error) {
+    if (!error || typeof error !== "object") return error || "";
+    return error.type ? `${error.type}: ${error.message}` : error.message;
+  }
+
   function formatSeconds(seconds) {
     if (seconds < 60) return `${seconds.toFixed(1)} s`;
     const minutes = Math.floor(seconds / 60);
@@ -121,7 +127,7 @@
       element.replaceChildren(jsonBlock("", result === undefined ? null : result, "fs-result"));
     });
     all(attr("data-flow-error", flowId)).forEach((element) => {
-      element.textContent = error || "-";
+      element.textContent = errorText(error) || "-";
     });
   }
 
@@ -211,7 +217,7 @@
     if (job.result !== undefined || job.error !== undefined) {
       all(":scope > .fs-result, :scope > .fs-error", body).forEach((element) => element.remove());
       if (job.result !== undefined && job.result !== null) body.appendChild(jsonBlock("result", job.result, "fs-result"));
-      if (job.error) body.appendChild(jsonBlock("error", job.error, "fs-error"));
+      if (job.error) body.appendChild(jsonBlock("error", errorText(job.error), "fs-error"));
     }
   }
 
