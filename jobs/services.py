@@ -26,9 +26,9 @@ from flows.planning import flow_metadata
 from jobs.dispatch import JobRef, enqueue_jobs, redispatch_at, revoke_jobs
 from jobs.exceptions import FlowClosed, InvalidTransition, SpecValidationError
 from jobs.models import Job, QueueState
-from jobs.transitions import StartedJob, job_complete, job_fail, job_update_progress, settle_flow
+from jobs.transitions import StartedJob, job_cancelled_alone, job_complete, job_fail, job_update_progress, settle_flow
 from jobs.validation import NUL_MESSAGE, JSONTooDeep, contains_nul, json_value_errors, validate_job_fields
-from jobs.vocabulary import STARTABLE_JOB_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
+from jobs.vocabulary import CANCELLED_ERROR, STARTABLE_JOB_STATUSES, UNFINISHED_JOB_STATUSES, JobStatus, ReportedJobStatus
 
 
 def job_submit(
@@ -274,17 +274,25 @@ def release_due_jobs(*, queue: str) -> int:
 
 
 def job_cancel(*, job: Job) -> bool:
-    """Cancel one unfinished job and revoke its message; False if it had already finished."""
+    """Cancel one unfinished job and revoke its message; False if it had already finished.
+
+    A job of a flow cancelled alone counts for its parent as a failure (its failure
+    policy applies; the root's cancel fails the flow), and an attached job's cancel
+    lets the flow finish (``transitions.job_cancelled_alone``). To stop a whole flow,
+    cancel the flow.
+    """
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
-            status=JobStatus.CANCELLED, error="Cancelled", error_type="", error_detail=None, finished_at=timezone.now()
+            status=JobStatus.CANCELLED, error=CANCELLED_ERROR, error_type="", error_detail=None,
+            finished_at=timezone.now(),
         )
         if changed:
             outbox = events.Outbox()
             outbox.job_updated(
                 flow_id=job.flow_id, job_id=job.pk, name=job.name, queue_name=job.queue_name,
-                status=JobStatus.CANCELLED, attempts_made=job.attempts_made, error="Cancelled",
+                status=JobStatus.CANCELLED, attempts_made=job.attempts_made, error=CANCELLED_ERROR,
             )
+            job_cancelled_alone(job=StartedJob.from_job(job), outbox=outbox)
             outbox.close()
             transaction.on_commit(lambda: revoke_jobs([job.pk]))
     return bool(changed)

@@ -34,6 +34,7 @@ from jobs.exceptions import JobLostError
 from jobs.models import Job, JobLog, QueueState
 from jobs.options import JobOptions
 from jobs.vocabulary import (
+    CANCELLED_ERROR,
     CHILD_FAILED_ERROR,
     FINAL_FLOW_STATUSES,
     IGNORED_FAILURE_POLICIES,
@@ -511,6 +512,23 @@ def _propagate_failure(*, job: StartedJob, error: str, error_type: str, outbox: 
         detail = {"message": flow_error, "type": error_type, "jobId": job.id}
         if flow_status.flow_fail(flow_id=job.flow_id, error=flow_error, detail=detail):
             outbox.flow_finished(job.flow_id)
+
+
+def job_cancelled_alone(*, job: StartedJob, outbox: events.Outbox) -> None:
+    """Let a flow react to one of its jobs cancelled alone (not with the flow); in its transaction.
+
+    For the parent, a job of the tree cancelled on its own is a failure of that job
+    (``CANCELLED_ERROR``): its failure policy decides whether the parent fails, is
+    released or keeps waiting, and the root's cancel fails the flow. A job attached by
+    ``flowId`` is extra work that is now finished: the flow settles if nothing else runs.
+    Without this, the flow waited for the cancelled job for ever.
+    """
+    if job.flow_id is None:
+        return
+    if job.parent_id is None and not Flow.objects.filter(pk=job.flow_id, root_job_id=job.id).exists():
+        transaction.on_commit(lambda: settle_flow(flow_id=job.flow_id))
+        return
+    _propagate_failure(job=job, error=CANCELLED_ERROR, error_type=CANCELLED_ERROR, outbox=outbox)
 
 
 def job_is_cancelled(*, job_id: str) -> bool:

@@ -84,6 +84,8 @@ FINAL_FLOW_STATUSES = frozenset({FlowStatus.COMPLETED, FlowStatus.FAILED, FlowSt
 OPEN_FLOW_STATUSES = frozenset(set(FlowStatus) - FINAL_FLOW_STATUSES)
 # The error type of a parent failed by its child (failParentOnFailure).
 CHILD_FAILED_ERROR = "ChildFailed"
+# The error text of a cancelled job, and the type its parent and flow see it fail with.
+CANCELLED_ERROR = "Cancelled"
 # A failed child with one of these policies does not fail its parent or its flow.
 IGNORED_FAILURE_POLICIES = frozenset({FailurePolicy.IGNORE, FailurePolicy.REMOVE})
 

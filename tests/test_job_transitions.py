@@ -14,9 +14,17 @@ from flows.models import Flow
 from flows.services import flow_cancel, flow_create, flow_delete, flow_retry
 from jobs.models import Job, JobLog
 from jobs.options import JobOptions
-from jobs.services import job_delete, job_submit
+from jobs.services import job_cancel, job_delete, job_submit
 from jobs.transitions import job_complete, job_fail, job_log, job_start, job_update_progress
-from jobs.vocabulary import JOB_TRANSITIONS, TERMINAL_JOB_STATUSES, FlowStatus, JobStatus, sources_of
+from jobs.vocabulary import (
+    CANCELLED_ERROR,
+    CHILD_FAILED_ERROR,
+    JOB_TRANSITIONS,
+    TERMINAL_JOB_STATUSES,
+    FlowStatus,
+    JobStatus,
+    sources_of,
+)
 
 
 def spec(children: int, queue: str = "default") -> dict:
@@ -259,6 +267,67 @@ def test_deleting_the_attached_job_of_a_cancelled_flow_leaves_it_cancelled(
     assert not Job.objects.filter(pk=attached.pk).exists()
     flow.refresh_from_db()
     assert (flow.status, flow.result, flow.total_jobs) == (FlowStatus.CANCELLED, None, 1)
+
+
+def _waiting_tree(user, **child_fields) -> tuple[Flow, Job, Job]:
+    flow = flow_create(owner=user, spec={
+        "flowname": "t", "name": "test-echo", "queueName": "default",
+        "children": [{"name": "test-value", "queueName": "default", **child_fields},
+                     {"name": "test-value", "queueName": "default"}],
+    })
+    child = Job.objects.filter(flow=flow, parent__isnull=False).order_by("position").first()
+    return flow, Job.objects.get(pk=flow.root_job_id), child
+
+
+@pytest.mark.django_db
+def test_a_child_cancelled_alone_fails_its_parent_and_the_flow(user):
+    """It used to leave the parent waiting for it, and the flow open, for ever."""
+    flow, root, child = _waiting_tree(user)
+
+    assert job_cancel(job=child)
+
+    root.refresh_from_db()
+    flow.refresh_from_db()
+    assert (root.status, root.error_type) == (JobStatus.FAILED, CHILD_FAILED_ERROR)
+    assert (flow.status, flow.error_detail["type"], flow.error_detail["jobId"]) == (
+        FlowStatus.FAILED, CANCELLED_ERROR, child.pk
+    )
+
+
+@pytest.mark.django_db
+def test_a_child_cancelled_alone_under_ignore_dependency_releases_its_parent(user):
+    flow, root, child = _waiting_tree(user, opts={"ignoreDependencyOnFailure": True})
+    sibling = Job.objects.filter(flow=flow, parent__isnull=False).exclude(pk=child.pk).get()
+    assert job_complete(job=job_start(job_id=sibling.id), result=1)
+
+    assert job_cancel(job=child)
+
+    root.refresh_from_db()
+    assert root.status == JobStatus.WAITING
+    assert job_complete(job=job_start(job_id=root.id), result="done")
+    flow.refresh_from_db()
+    assert flow.status == FlowStatus.COMPLETED
+
+
+@pytest.mark.django_db
+def test_the_root_cancelled_alone_fails_the_flow(user):
+    flow = flow_create(owner=user, spec={"flowname": "t", "name": "test-value", "queueName": "default"})
+
+    assert job_cancel(job=Job.objects.get(pk=flow.root_job_id))
+
+    flow.refresh_from_db()
+    assert (flow.status, flow.error_detail["type"]) == (FlowStatus.FAILED, CANCELLED_ERROR)
+
+
+@pytest.mark.django_db
+def test_an_attached_job_cancelled_alone_lets_its_flow_complete(user, django_capture_on_commit_callbacks):
+    flow, attached = _flow_with_an_attached_job(user)
+
+    with django_capture_on_commit_callbacks(execute=True):  # the flow settles after commit
+        assert job_cancel(job=Job.objects.get(pk=attached.pk))
+
+    flow.refresh_from_db()
+    assert (flow.status, flow.result) == (FlowStatus.COMPLETED, "root done")
 
 
 @pytest.mark.django_db
