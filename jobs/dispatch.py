@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from flowsite.celery import app
+from jobs import interrupts
 from jobs.options import JobOptions
 
 logger = logging.getLogger(__name__)
@@ -100,11 +101,17 @@ def queued_messages(queue: str) -> int:
             return 0  # no such queue in the broker: nothing waits there
 
 
-def revoke_jobs(job_ids: list[str]) -> None:
-    """Ask every worker to drop these jobs' messages (best effort; the database guard is the rule).
+def revoke_jobs(job_ids: list[str], *, running: list[str] | None = None) -> None:
+    """Ask every worker to drop these jobs' messages, and to interrupt the ``running`` ones.
 
-    A handler already running is not interrupted: it can stop early by polling
-    ``ctx.cancelled``, and its outcome is discarded either way.
+    Call it after the cancel commits. Best effort: the database guard is the rule (a
+    job that starts after its cancel does nothing, and the outcome of a run that goes
+    on is discarded). A handler running on a prefork worker is interrupted where it
+    is, by an exception raised inside it (``jobs.interrupts``); in the embedded mode's
+    threads it stops only if it polls ``ctx.cancelled``. Not ``revoke(terminate=True)``:
+    ``jobs.interrupts`` says why.
     """
     if job_ids and app.conf.worker_enable_remote_control:
         app.control.revoke(job_ids)
+    if running:
+        interrupts.publish_cancel(running)

@@ -198,7 +198,11 @@ def queue_resume(*, name: str) -> int:
 
 
 def job_cancel(*, job: Job) -> bool:
-    """Cancel one unfinished job and revoke its message; False if it had already finished."""
+    """Cancel one unfinished job and revoke its message; False if it had already finished.
+
+    A handler running it is interrupted after the commit (``jobs.dispatch.revoke_jobs``),
+    and whatever it returns is discarded: the job stays ``cancelled``.
+    """
     with transaction.atomic():
         changed = Job.objects.filter(pk=job.pk, status__in=UNFINISHED_JOB_STATUSES).update(
             status=JobStatus.CANCELLED, error="Cancelled", finished_at=timezone.now()
@@ -210,7 +214,7 @@ def job_cancel(*, job: Job) -> bool:
                 status=JobStatus.CANCELLED, attempts_made=job.attempts_made, error="Cancelled",
             )
             outbox.close()
-            transaction.on_commit(lambda: revoke_jobs([job.pk]))
+            transaction.on_commit(lambda: revoke_jobs([job.pk], running=[job.pk]))
     return bool(changed)
 
 

@@ -140,3 +140,7 @@ ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 SWEEP_QUEUE = "flowsite.sweeps"
 # The periodic sweep's Celery task (``jobs.tasks.sweep``), sent by beat to ``SWEEP_QUEUE``.
 SWEEP_TASK = "jobs.sweep"
+# The Redis pub/sub channel on which a cancel names the running jobs to interrupt
+# (``jobs.interrupts``); the broker's Redis database number is appended, since pub/sub
+# channels are shared by every database of a Redis server.
+CANCEL_CHANNEL = "flowsite.cancel"
