@@ -83,8 +83,7 @@ def _publish(refs: list[JobRef], *, delay_ms: int | None) -> None:
                 routing_key=ref.queue_name,
                 priority=options.celery_priority,
                 countdown=delay / 1000 if delay else None,
-                # Interrupts an overrunning handler in prefork pools (jobs.runner).
-                soft_time_limit=options.timeout_ms / 1000 if options.timeout_ms else None,
+                # No Celery time limit: the runner applies the job's timeout itself (jobs.runner).
                 producer=producer,
                 # Nobody waits for a job's Celery result (the job row is the record): no
                 # subscription to the result backend per message (and none to fail).

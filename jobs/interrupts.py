@@ -50,7 +50,7 @@ from jobs.vocabulary import CANCEL_CHANNEL, JobStatus
 
 logger = logging.getLogger(__name__)
 
-# The signal that interrupts a handler, as Celery's soft time limit does (``jobs.runner``).
+# The signal that interrupts a cancelled job's handler (``jobs.runner`` handles it).
 INTERRUPT_SIGNAL = getattr(signal, "SIGUSR1", None)
 # A watcher that lost Redis subscribes again after this long.
 RECONNECT_SECONDS = 1.0

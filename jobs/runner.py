@@ -49,17 +49,24 @@ def run_job(*, job_id: str, redelivered: bool = False, lost_on: str | None = Non
             if contains_nul(result):  # also checks that it is JSON-serialisable
                 raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
         except JobCancelled:
-            logger.info("Job %s (%s) was cancelled: its handler was interrupted", job.name, job.id)
+            if transitions.job_is_cancelled(job_id=job.id):
+                logger.info("Job %s (%s) was cancelled: its handler was interrupted", job.name, job.id)
+            else:  # raised by the handler itself: a failure like any other, or the job stays active
+                _fail(job, options, RuntimeError("The handler raised JobCancelled, but its job was not cancelled."))
             return
         except Exception as exc:  # the handler's failure is the job's failure
-            if not transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made)):
-                _log_discarded(job)
+            _fail(job, options, exc)
             return
         if not transitions.job_complete(job=job, result=result):
             _log_discarded(job)
     finally:
         interrupts.clear()
         _rearm_soft_limit()
+
+
+def _fail(job: transitions.StartedJob, options: JobOptions, exc: Exception) -> None:
+    if not transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made)):
+        _log_discarded(job)
 
 
 def _log_discarded(job: transitions.StartedJob) -> None:
@@ -92,20 +99,28 @@ def _call_handler(job: transitions.StartedJob, options: JobOptions) -> Any:
     return _call_with_timeout(handler, ctx, options.timeout_ms)
 
 
-# Timeouts and cancels. In a prefork pool process the job's message carries a Celery
-# soft time limit (``jobs.dispatch.enqueue_jobs``): when it runs out, the pool signals
-# the process (SIGUSR1) and the handler is interrupted where it is, with an exception.
-# A cancel interrupts it the same way: the process's cancel watcher signals its own
-# process (``jobs.interrupts``). Elsewhere (the embedded mode's threads, the solo pool)
-# nothing can interrupt Python code, so the handler runs in a helper thread that is
-# abandoned when the time is up, and polls ``ctx.cancelled`` to stop on a cancel.
+# Timeouts and cancels. In a prefork pool process (one job at a time, in the main
+# thread) the handler is interrupted where it is, with an exception raised by a signal
+# handler: SIGALRM from a timer armed for the job's timeout (``signal.setitimer``), or
+# SIGUSR1 sent by the process's cancel watcher (``jobs.interrupts``). Elsewhere (the
+# embedded mode's threads, the solo pool) nothing can interrupt Python code, so the
+# handler runs in a helper thread that is abandoned when the time is up, and polls
+# ``ctx.cancelled`` to stop on a cancel.
+#
+# Not Celery's soft time limit on the message: the worker's main process keeps a timer
+# per message for it, and a finished job only marks its timer cancelled, which stays
+# in the timer heap until it would have fired. With a default timeout of an hour on
+# every job, that is an hour of jobs' timers in every worker (a million at 300 jobs/s).
+# The timer here costs two system calls per job.
 _soft_limit_sighandler = None  # billiard's SIGUSR1 handler, once this process is known to have it
+TIMEOUT_SIGNAL = getattr(signal, "SIGALRM", None)
 
 
 def _interruptible() -> bool:
     """True in a prefork pool process (billiard's soft time limit handler is installed)."""
     global _soft_limit_sighandler
-    if threading.current_thread() is not threading.main_thread() or interrupts.INTERRUPT_SIGNAL is None:
+    if (threading.current_thread() is not threading.main_thread() or interrupts.INTERRUPT_SIGNAL is None
+            or TIMEOUT_SIGNAL is None):
         return False
     if _soft_limit_sighandler is None:
         from billiard.pool import soft_timeout_sighandler
@@ -117,11 +132,13 @@ def _interruptible() -> bool:
 
 
 def _call_interruptible(handler, ctx: JobContext, timeout_ms: int) -> Any:
-    """Call the handler; a soft time limit or a cancel interrupts it with an exception.
+    """Call the handler; its timeout or a cancel interrupts it with an exception.
 
-    The handler sees ``SoftTimeLimitExceeded`` (time is up) or ``JobCancelled``; the run
-    then ends in ``JobTimeoutError`` (a failed attempt) or ``JobCancelled`` (nothing to
-    record), also when the handler caught the interruption and carried on.
+    The handler sees ``SoftTimeLimitExceeded`` (time is up, as with Celery's soft time
+    limit) or ``JobCancelled``; the run then ends in ``JobTimeoutError`` (a failed
+    attempt) or ``JobCancelled`` (nothing to record), also when the handler caught the
+    interruption and carried on. (A SIGUSR1 that is not a cancel is a Celery soft time
+    limit, on a message published with one.)
     """
     from celery.exceptions import SoftTimeLimitExceeded
 
@@ -131,17 +148,22 @@ def _call_interruptible(handler, ctx: JobContext, timeout_ms: int) -> Any:
         nonlocal reason
         if reason is not None:  # once: a second signal must not break the unwinding
             return
-        reason = JobCancelled if interrupts.cancel_requested(ctx.job_id) else SoftTimeLimitExceeded
+        cancelled = signum == interrupts.INTERRUPT_SIGNAL and interrupts.cancel_requested(ctx.job_id)
+        reason = JobCancelled if cancelled else SoftTimeLimitExceeded
         raise reason()
 
+    previous_alarm = signal.signal(TIMEOUT_SIGNAL, interrupt)
     signal.signal(interrupts.INTERRUPT_SIGNAL, interrupt)
     try:
         try:
             with interrupts.running(ctx.job_id):
+                signal.setitimer(signal.ITIMER_REAL, timeout_ms / 1000)
                 value = handler(ctx)
         finally:
             # A signal that comes now, after the handler, must not interrupt the bookkeeping.
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(interrupts.INTERRUPT_SIGNAL, signal.SIG_IGN)
+            signal.signal(TIMEOUT_SIGNAL, signal.SIG_IGN if previous_alarm is None else previous_alarm)
     except BaseException:
         if reason is None:  # the handler's own failure
             raise
@@ -150,16 +172,8 @@ def _call_interruptible(handler, ctx: JobContext, timeout_ms: int) -> Any:
     if reason is JobCancelled:
         raise JobCancelled(f"Job {ctx.job_id} was cancelled")
     if reason is SoftTimeLimitExceeded:
-        raise JobTimeoutError(f"Job timed out after {_message_soft_limit_ms() or timeout_ms} ms")
+        raise JobTimeoutError(f"Job timed out after {timeout_ms} ms")
     return value
-
-
-def _message_soft_limit_ms() -> int | None:
-    """The soft time limit this message carries: the timeout its publisher applied."""
-    from celery import current_task
-
-    limits = getattr(getattr(current_task, "request", None), "timelimit", None) or (None, None)
-    return round(limits[1] * 1000) if limits[1] else None
 
 
 def _drop_busy_connection() -> None:
@@ -172,7 +186,7 @@ def _drop_busy_connection() -> None:
     from psycopg.pq import TransactionStatus
 
     if raw.info.transaction_status != TransactionStatus.IDLE:
-        logger.warning("A timed-out handler left its database connection busy; closing it")
+        logger.warning("An interrupted handler left its database connection busy; closing it")
         try:
             connection.close()
         except Exception:  # already broken: Django opens a new one when it is next used

@@ -159,10 +159,8 @@ def wait_failed(job: Job) -> Job:
     return job
 
 
-def test_a_job_without_a_timeout_gets_the_default_one_on_its_first_run_and_on_its_retry(user, own_worker, settings):
-    # This process publishes the first run, the worker the retry: both with a 1 s default.
-    settings.FLOWSITE_DEFAULT_JOB_TIMEOUT = 1
-    own_worker(FLOWSITE_DEFAULT_JOB_TIMEOUT="1")
+def test_a_job_without_a_timeout_gets_the_default_one_on_its_first_run_and_on_its_retry(user, own_worker):
+    own_worker(FLOWSITE_DEFAULT_JOB_TIMEOUT="1")  # the worker applies the timeout, whoever published the run
     job = job_submit(owner=user, name="test-sleep", queue_name=ISOLATED_QUEUE, data={"ms": LONG_MS},
                      opts={"attempts": 2})
 
@@ -170,19 +168,21 @@ def test_a_job_without_a_timeout_gets_the_default_one_on_its_first_run_and_on_it
 
     assert (job.error_type, job.error, job.attempts_made) == ("JobTimeoutError", "Job timed out after 1000 ms", 2)
     assert logs(job).count("interrupted by SoftTimeLimitExceeded") == 2
-    assert job.opts == {"attempts": 2}  # the default applies when published; it is not stored
+    assert job.opts == {"attempts": 2}  # the default applies when the job runs; it is not stored
 
 
-def test_a_job_the_sweep_publishes_again_gets_the_default_timeout(user, settings):
-    settings.FLOWSITE_DEFAULT_JOB_TIMEOUT = 1
+def test_a_job_the_sweep_publishes_again_gets_the_default_timeout(user, own_worker):
+    own_worker(FLOWSITE_DEFAULT_JOB_TIMEOUT="1")
     # A waiting job whose message was lost (none was ever published), due long ago.
-    job = Job.objects.create(owner=user, name="test-sleep", queue_name="alt", data={"ms": LONG_MS},
+    job = Job.objects.create(owner=user, name="test-sleep", queue_name=ISOLATED_QUEUE, data={"ms": LONG_MS},
                              redispatch_at=timezone.now() - timedelta(minutes=1))
 
-    assert sweeps.redispatch_stranded("alt") == 1
+    # Published once the broker's queue is empty (the worker drains what earlier tests left there).
+    wait_for(lambda: sweeps.redispatch_stranded(ISOLATED_QUEUE), timeout=15, message="the sweep to publish the job")
 
     job = wait_failed(job)
     assert (job.error_type, job.error) == ("JobTimeoutError", "Job timed out after 1000 ms")
+    assert logs(job)[-1] == "interrupted by SoftTimeLimitExceeded"
 
 
 def test_a_timeout_over_the_maximum_is_400_naming_opts_timeout(api, settings):
