@@ -90,6 +90,25 @@ def test_a_job_cancel_interrupts_a_sleeping_handler_and_its_process_runs_the_nex
     assert following.result["pid"] == pid  # the same pool process: it survived the interruption
 
 
+def test_deleting_a_running_job_through_the_api_frees_its_worker(user, api, own_worker):
+    """The issue's probe: a job sleeping 90 s held a worker even after ``DELETE`` answered 204."""
+    log_path = own_worker()
+    job = job_submit(owner=user, name="test-sleep", queue_name=ISOLATED_QUEUE, data={"ms": LONG_MS})
+    pid = worker_pid(active(job.pk))
+
+    response = api.delete(f"/api/jobs/{ISOLATED_QUEUE}/{job.pk}")
+
+    assert response.status_code == 204
+    wait_for(lambda: f"Job test-sleep ({job.pk}) was cancelled: its handler was interrupted" in log_path.read_text(),
+             timeout=15, message="the handler to be interrupted")
+    assert not Job.objects.filter(pk=job.pk).exists()
+    following = job_submit(owner=user, name="test-sleep", queue_name=ISOLATED_QUEUE, data={"ms": 1})
+    wait_for(lambda: Job.objects.filter(pk=following.pk, status=JobStatus.COMPLETED).exists(), timeout=15,
+             message="the next job to complete")
+    following.refresh_from_db()
+    assert following.result["pid"] == pid
+
+
 def test_a_flow_cancel_interrupts_its_running_handler_and_a_later_death_of_that_process_is_still_redelivered(
     user, own_worker
 ):
