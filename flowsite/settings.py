@@ -328,7 +328,7 @@ FLOWSITE_HANDLER_MODULES = env.list("FLOWSITE_HANDLER_MODULES", default=[])
 FLOWSITE_EXAMPLE_WORK_MS = env_int("FLOWSITE_EXAMPLE_WORK_MS", 300)
 FLOWSITE_EXAMPLE_MAX_WORK_MS = env_int("FLOWSITE_EXAMPLE_MAX_WORK_MS", 10_000)
 # Every job has a timeout, in seconds: FLOWSITE_DEFAULT_JOB_TIMEOUT when its ``opts.timeout``
-# is absent (applied by the worker that runs it, jobs.runner), and ``opts.timeout`` may not
+# is absent (applied by the prefork worker that runs it, jobs.runner), and ``opts.timeout`` may not
 # be longer than FLOWSITE_MAX_JOB_TIMEOUT (a 400).
 FLOWSITE_DEFAULT_JOB_TIMEOUT = env_int("FLOWSITE_DEFAULT_JOB_TIMEOUT", 3600, minimum=1)
 FLOWSITE_MAX_JOB_TIMEOUT = env_int("FLOWSITE_MAX_JOB_TIMEOUT", 24 * 3600, minimum=1)

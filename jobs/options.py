@@ -35,8 +35,7 @@ class JobOptions:
     backoff_delay_ms: int = 0
     delay_ms: int = 0
     priority: int = 0
-    # Every parsed job has one: ``opts.timeout``, else FLOWSITE_DEFAULT_JOB_TIMEOUT.
-    timeout_ms: int | None = None
+    timeout_ms: int | None = None  # ``opts.timeout`` as given (see ``effective_timeout_ms``)
     failure_policy: str = FailurePolicy.FAIL_PARENT
 
     @classmethod
@@ -44,6 +43,11 @@ class JobOptions:
         """Build options from a job's stored (already validated) ``opts``."""
         options, _ = parse_job_options(opts or {}, path="opts")
         return options
+
+    @property
+    def effective_timeout_ms(self) -> int:
+        """``opts.timeout``, else ``FLOWSITE_DEFAULT_JOB_TIMEOUT``: every job has a timeout."""
+        return self.timeout_ms or settings.FLOWSITE_DEFAULT_JOB_TIMEOUT * 1000
 
     def backoff_ms(self, attempts_made: int) -> int:
         """Return the wait before the next try, after ``attempts_made`` tries failed.
@@ -119,15 +123,15 @@ def _duration(value: int, path: str, errors: dict, *, minimum: int, limit: int |
     return value
 
 
-def _timeout_option(opts: dict, path: str, errors: dict) -> int:
-    """``opts.timeout`` in milliseconds, at most ``FLOWSITE_MAX_JOB_TIMEOUT``; absent, the default.
+def _timeout_option(opts: dict, path: str, errors: dict) -> int | None:
+    """``opts.timeout`` in milliseconds, at most ``FLOWSITE_MAX_JOB_TIMEOUT``.
 
-    Every job gets a timeout, so that no job can hold a worker for ever. Over the
-    ceiling it is an error, and clamped (for options stored before the ceiling).
+    Over the ceiling it is an error, and clamped (for options stored before the
+    ceiling). Absent, the job gets the default (``JobOptions.effective_timeout_ms``).
     """
     value = _given_int(opts, "timeout", path, errors)
     if value is None:
-        return settings.FLOWSITE_DEFAULT_JOB_TIMEOUT * 1000
+        return None
     limit = settings.FLOWSITE_MAX_JOB_TIMEOUT * 1000
     return _duration(value, f"{path}.timeout", errors, minimum=1, limit=limit, message=MAX_TIMEOUT_MESSAGE)
 

@@ -24,7 +24,7 @@ from jobs.models import Job, JobLog
 from jobs.runner import run_job
 from jobs.services import job_cancel, job_submit
 from jobs.vocabulary import FlowStatus, JobStatus
-from tests.conftest import ISOLATED_QUEUE, service_env, wait_for, wait_for_flow, worker_log
+from tests.conftest import ISOLATED_QUEUE, service_env, wait_for, wait_for_flow
 from tests.live import run_server
 from tests.test_stranded_jobs import start_worker, stop, wait_until_consuming
 
@@ -205,12 +205,14 @@ def test_a_job_the_sweep_publishes_again_gets_the_default_timeout(user, own_work
 
 
 def test_a_timeout_over_the_maximum_is_400_naming_opts_timeout(api, settings):
+    # On the queue nobody consumes here: the accepted job must not run while the test ends.
     limit_ms = settings.FLOWSITE_MAX_JOB_TIMEOUT * 1000
-    over = api.post("/api/jobs/default", {"name": "test-value", "opts": {"timeout": limit_ms + 1}}, format="json")
-    in_flow = api.post("/api/flows", {"flowname": "f", "name": "test-value", "queueName": "default",
-                                      "children": [{"name": "test-value", "queueName": "default",
+    url = f"/api/jobs/{ISOLATED_QUEUE}"
+    over = api.post(url, {"name": "test-value", "opts": {"timeout": limit_ms + 1}}, format="json")
+    in_flow = api.post("/api/flows", {"flowname": "f", "name": "test-value", "queueName": ISOLATED_QUEUE,
+                                      "children": [{"name": "test-value", "queueName": ISOLATED_QUEUE,
                                                     "opts": {"timeout": limit_ms + 1}}]}, format="json")
-    at_limit = api.post("/api/jobs/default", {"name": "test-value", "opts": {"timeout": limit_ms}}, format="json")
+    at_limit = api.post(url, {"name": "test-value", "opts": {"timeout": limit_ms}}, format="json")
 
     message = f"Must be at most {limit_ms} milliseconds (FLOWSITE_MAX_JOB_TIMEOUT: {limit_ms // 1000} s)."
     assert (over.status_code, over.json()["details"]) == (400, {"opts.timeout": [message]})
@@ -238,7 +240,7 @@ def test_a_service_without_flowsite_examples_refuses_the_example_handlers(alice,
     with run_server(env, tmp_path) as server:
         example = post_json(f"{server.url}/api/jobs/video", alice.token,
                             {"name": "download-video", "data": {"workMs": 90_000}})
-        own = post_json(f"{server.url}/api/jobs/default", alice.token, {"name": "test-value"})
+        own = post_json(f"{server.url}/api/jobs/{ISOLATED_QUEUE}", alice.token, {"name": "test-value"})
 
     status, body = example
     assert status == 400, body
