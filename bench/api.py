@@ -35,6 +35,7 @@ def env() -> dict[str, str]:
         "REDIS_URL": "redis://127.0.0.1:6379/13",
         "SECRET_KEY": "bench-secret",
         "FLOWSITE_QUEUES": "default",
+        "FLOWSITE_EXAMPLES": "1",  # the seeded and created flows name the example handlers
         "LOG_LEVEL": "WARNING",
         "CONN_MAX_AGE": "600",
     }

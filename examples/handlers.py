@@ -1,6 +1,8 @@
 """Example handlers: a video pipeline and an image pipeline with simulated work.
 
-The work time is ``data["workMs"]`` or ``settings.FLOWSITE_EXAMPLE_WORK_MS``.
+Installed only with ``FLOWSITE_EXAMPLES`` (on by default in embedded mode only).
+The work time is ``data["workMs"]`` or ``settings.FLOWSITE_EXAMPLE_WORK_MS``, cut
+down to ``settings.FLOWSITE_EXAMPLE_MAX_WORK_MS``: nobody can hold a worker with them.
 Each handler reports progress and logs what it does, as a real one would.
 """
 
@@ -15,6 +17,12 @@ from jobs.handlers import JobContext, job_handler
 
 def _work(ctx: JobContext, steps: int = 4) -> None:
     work_ms = ctx.data.get("workMs", settings.FLOWSITE_EXAMPLE_WORK_MS)
+    if isinstance(work_ms, bool) or not isinstance(work_ms, (int, float)):
+        raise ValueError(f"data.workMs must be a number of milliseconds, got {work_ms!r}")
+    limit = settings.FLOWSITE_EXAMPLE_MAX_WORK_MS
+    if work_ms > limit:
+        ctx.log(f"workMs {work_ms} is over the maximum (FLOWSITE_EXAMPLE_MAX_WORK_MS): working {limit} ms")
+    work_ms = min(max(work_ms, 0), limit)
     for step in range(1, steps + 1):
         time.sleep(work_ms / 1000 / steps)
         ctx.update_progress(round(100 * step / steps))

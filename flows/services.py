@@ -87,7 +87,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
             Job.objects.select_for_update()
             .filter(flow_id=flow.pk, status__in=UNFINISHED_JOB_STATUSES)
             .order_by("pk")
-            .values_list("id", "name", "queue_name", "attempts_made")
+            .values_list("id", "name", "queue_name", "attempts_made", "status")
         )
         if not cancelled:
             # Every job has finished, the flow only waits for its settle: it ends with them.
@@ -105,7 +105,7 @@ def flow_cancel(*, flow: Flow) -> Flow:
                     f"Flow {flow.pk} is {flow.status} and cannot be cancelled.", current_status=flow.status
                 )
             outbox = events.Outbox()
-            for job_id, name, queue_name, attempts_made in cancelled:
+            for job_id, name, queue_name, attempts_made, _ in cancelled:
                 outbox.job_updated(
                     flow_id=flow.pk, job_id=job_id, name=name, queue_name=queue_name, status=JobStatus.CANCELLED,
                     attempts_made=attempts_made, error="Cancelled",
@@ -113,7 +113,8 @@ def flow_cancel(*, flow: Flow) -> Flow:
             outbox.flow_finished(flow.pk)
             outbox.close()
             job_ids = [row[0] for row in cancelled]
-            transaction.on_commit(lambda: revoke_jobs(job_ids))
+            running = [row[0] for row in cancelled if row[4] == JobStatus.ACTIVE]
+            transaction.on_commit(lambda: revoke_jobs(job_ids, running=running))
     if settled is not None:
         raise InvalidTransition(
             f"Flow {flow.pk} is {settled}: all its jobs had finished, it cannot be cancelled.",

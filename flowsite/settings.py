@@ -118,8 +118,12 @@ INSTALLED_APPS = [
     "jobs",
     "flows",
     "webhooks",
-    "examples",
 ]
+# The example handlers (examples/handlers.py) sleep on request: opt-in outside the
+# embedded mode, so that a service's workers run only the handlers it means to offer.
+FLOWSITE_EXAMPLES = env_bool("FLOWSITE_EXAMPLES", EMBEDDED)
+if FLOWSITE_EXAMPLES:
+    INSTALLED_APPS.append("examples")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -339,8 +343,20 @@ if not 2 * FLOWSITE_MAX_FLOW_DEPTH + 2 <= FLOWSITE_MAX_JSON_DEPTH <= 800:
     )
 # Extra modules to import for ``@job_handler`` registrations (besides each app's handlers.py).
 FLOWSITE_HANDLER_MODULES = env.list("FLOWSITE_HANDLER_MODULES", default=[])
-# Simulated work of the example handlers, in milliseconds.
+# Simulated work of the example handlers, in milliseconds (``data.workMs`` overrides it),
+# never more than FLOWSITE_EXAMPLE_MAX_WORK_MS: a longer request is cut down to it.
 FLOWSITE_EXAMPLE_WORK_MS = env_int("FLOWSITE_EXAMPLE_WORK_MS", 300)
+FLOWSITE_EXAMPLE_MAX_WORK_MS = env_int("FLOWSITE_EXAMPLE_MAX_WORK_MS", 10_000)
+# Every job has a timeout, in seconds: FLOWSITE_DEFAULT_JOB_TIMEOUT when its ``opts.timeout``
+# is absent (applied by the prefork worker that runs it, jobs.runner), and ``opts.timeout`` may not
+# be longer than FLOWSITE_MAX_JOB_TIMEOUT (a 400).
+FLOWSITE_DEFAULT_JOB_TIMEOUT = env_int("FLOWSITE_DEFAULT_JOB_TIMEOUT", 3600, minimum=1)
+FLOWSITE_MAX_JOB_TIMEOUT = env_int("FLOWSITE_MAX_JOB_TIMEOUT", 24 * 3600, minimum=1)
+if not FLOWSITE_DEFAULT_JOB_TIMEOUT <= FLOWSITE_MAX_JOB_TIMEOUT <= FLOWSITE_MAX_DURATION_MS // 1000:
+    raise ImproperlyConfigured(
+        "FLOWSITE_DEFAULT_JOB_TIMEOUT must be at most FLOWSITE_MAX_JOB_TIMEOUT, which must be at most "
+        "FLOWSITE_MAX_DURATION_MS (in seconds)."
+    )
 # Live events (websockets, Socket.IO): off, the engine neither numbers nor sends them.
 FLOWSITE_EVENTS = env_bool("FLOWSITE_EVENTS", True)
 # Threads of the worker that runs inside the server in embedded mode.

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from flowsite.celery import app
+from jobs import interrupts
 from jobs.options import JobOptions
 from jobs.queues import is_external
 
@@ -88,8 +89,7 @@ def _publish(refs: list[JobRef], *, delay_ms: int | None) -> None:
                 routing_key=ref.queue_name,
                 priority=options.celery_priority,
                 countdown=delay / 1000 if delay else None,
-                # Interrupts an overrunning handler in prefork pools (jobs.runner).
-                soft_time_limit=options.timeout_ms / 1000 if options.timeout_ms else None,
+                # No Celery time limit: the runner applies the job's timeout itself (jobs.runner).
                 producer=producer,
                 # Nobody waits for a job's Celery result (the job row is the record): no
                 # subscription to the result backend per message (and none to fail).
@@ -106,11 +106,17 @@ def queued_messages(queue: str) -> int:
             return 0  # no such queue in the broker: nothing waits there
 
 
-def revoke_jobs(job_ids: list[str]) -> None:
-    """Ask every worker to drop these jobs' messages (best effort; the database guard is the rule).
+def revoke_jobs(job_ids: list[str], *, running: list[str] | None = None) -> None:
+    """Ask every worker to drop these jobs' messages, and to interrupt the ``running`` ones.
 
-    A handler already running is not interrupted: it can stop early by polling
-    ``ctx.cancelled``, and its outcome is discarded either way.
+    Call it after the cancel commits. Best effort: the database guard is the rule (a
+    job that starts after its cancel does nothing, and the outcome of a run that goes
+    on is discarded). A handler running on a prefork worker is interrupted where it
+    is, by an exception raised inside it (``jobs.interrupts``); in the embedded mode's
+    threads it stops only if it polls ``ctx.cancelled``. Not ``revoke(terminate=True)``:
+    ``jobs.interrupts`` says why.
     """
     if job_ids and app.conf.worker_enable_remote_control:
         app.control.revoke(job_ids)
+    if running:
+        interrupts.publish_cancel(running)

@@ -34,3 +34,11 @@ class JobTimeoutError(Exception):
 
 class JobLostError(Exception):
     """A job's run was lost before it finished: its worker process died, or lost the database."""
+
+
+class JobCancelled(BaseException):
+    """Raised inside a running handler whose job was cancelled (prefork workers, ``jobs.interrupts``).
+
+    A ``BaseException``, like ``asyncio.CancelledError``: a handler's ``except Exception``
+    does not swallow it by accident.
+    """

@@ -50,9 +50,11 @@ class JobContext:
     def cancelled(self) -> bool:
         """Whether the job was cancelled (or deleted) while this handler runs.
 
-        A long handler should poll it between steps and return early: a cancel does
-        not interrupt a running handler, and whatever it returns is discarded. Reads
-        the database at most every ``CANCEL_CHECK_SECONDS``.
+        On a prefork worker a cancel interrupts the handler with ``JobCancelled``
+        (``jobs.interrupts``); in the embedded mode's threads it cannot, so a long
+        handler polls this between steps and returns early. Whatever a cancelled
+        handler returns is discarded. Reads the database at most every
+        ``CANCEL_CHECK_SECONDS``.
         """
         if not self._cancelled and time.monotonic() - self._checked_at >= self.CANCEL_CHECK_SECONDS:
             self._checked_at = time.monotonic()

@@ -14,6 +14,7 @@ MAX_PRIORITY = 2_097_152  # BullMQ's upper bound
 # Celery's Redis transport has priorities 0 (first) to 9; BullMQ's 1..N collapse onto them.
 CELERY_PRIORITY_LEVELS = 10
 MAX_DURATION_MESSAGE = "Must be at most {limit} milliseconds (FLOWSITE_MAX_DURATION_MS)."
+MAX_TIMEOUT_MESSAGE = "Must be at most {limit} milliseconds (FLOWSITE_MAX_JOB_TIMEOUT: {seconds} s)."
 
 OPTION_KEYS = (
     "attempts",
@@ -34,7 +35,7 @@ class JobOptions:
     backoff_delay_ms: int = 0
     delay_ms: int = 0
     priority: int = 0
-    timeout_ms: int | None = None
+    timeout_ms: int | None = None  # ``opts.timeout`` as given (see ``effective_timeout_ms``)
     failure_policy: str = FailurePolicy.FAIL_PARENT
 
     @classmethod
@@ -42,6 +43,11 @@ class JobOptions:
         """Build options from a job's stored (already validated) ``opts``."""
         options, _ = parse_job_options(opts or {}, path="opts")
         return options
+
+    @property
+    def effective_timeout_ms(self) -> int:
+        """``opts.timeout``, else ``FLOWSITE_DEFAULT_JOB_TIMEOUT``: every job has a timeout."""
+        return self.timeout_ms or settings.FLOWSITE_DEFAULT_JOB_TIMEOUT * 1000
 
     def backoff_ms(self, attempts_made: int) -> int:
         """Return the wait before the next try, after ``attempts_made`` tries failed.
@@ -105,15 +111,29 @@ def _duration_option(opts: dict, key: str, path: str, errors: dict, *, minimum: 
     return _duration(value, f"{path}.{key}", errors, minimum=minimum)
 
 
-def _duration(value: int, path: str, errors: dict, *, minimum: int) -> int:
-    limit = settings.FLOWSITE_MAX_DURATION_MS
+def _duration(value: int, path: str, errors: dict, *, minimum: int, limit: int | None = None,
+              message: str = MAX_DURATION_MESSAGE) -> int:
+    limit = settings.FLOWSITE_MAX_DURATION_MS if limit is None else limit
     if value < minimum:
         errors.setdefault(path, []).append(f"Must be between {minimum} and {limit}.")
         return minimum
     if value > limit:
-        errors.setdefault(path, []).append(MAX_DURATION_MESSAGE.format(limit=limit))
+        errors.setdefault(path, []).append(message.format(limit=limit, seconds=limit // 1000))
         return limit
     return value
+
+
+def _timeout_option(opts: dict, path: str, errors: dict) -> int | None:
+    """``opts.timeout`` in milliseconds, at most ``FLOWSITE_MAX_JOB_TIMEOUT``.
+
+    Over the ceiling it is an error, and clamped (for options stored before the
+    ceiling). Absent, the job gets the default (``JobOptions.effective_timeout_ms``).
+    """
+    value = _given_int(opts, "timeout", path, errors)
+    if value is None:
+        return None
+    limit = settings.FLOWSITE_MAX_JOB_TIMEOUT * 1000
+    return _duration(value, f"{path}.timeout", errors, minimum=1, limit=limit, message=MAX_TIMEOUT_MESSAGE)
 
 
 def _bool_option(opts: dict, key: str, path: str, errors: dict, default: bool) -> bool:
@@ -161,7 +181,7 @@ def parse_job_options(opts: Any, *, path: str) -> tuple[JobOptions, dict[str, li
     # Every duration has one upper bound, FLOWSITE_MAX_DURATION_MS.
     delay = _duration_option(opts, "delay", path, errors, minimum=0)
     priority = _int_option(opts, "priority", path, errors, minimum=0, maximum=MAX_PRIORITY)
-    timeout = _duration_option(opts, "timeout", path, errors, minimum=1)
+    timeout = _timeout_option(opts, path, errors)
     backoff_type, backoff_delay = ("fixed", 0)
     if "backoff" in opts:
         backoff_type, backoff_delay = _parse_backoff(opts["backoff"], f"{path}.backoff", errors)

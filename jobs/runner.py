@@ -14,8 +14,8 @@ from typing import Any
 
 from django.db import connections
 
-from jobs import transitions
-from jobs.exceptions import JobTimeoutError
+from jobs import interrupts, transitions
+from jobs.exceptions import JobCancelled, JobTimeoutError
 from jobs.handlers import JobContext
 from jobs.options import JobOptions
 from jobs.registry import get_handler
@@ -34,7 +34,9 @@ def run_job(*, job_id: str, redelivered: bool = False, lost_on: str | None = Non
     A job that cannot start (finished, running elsewhere, cancelled, gone)
     is left alone: that is how duplicate deliveries become harmless. A
     redelivered message of a job still ``active`` means its run was lost
-    (see ``transitions.job_start``).
+    (see ``transitions.job_start``). A handler interrupted because its job was
+    cancelled (``jobs.interrupts``) leaves the job ``cancelled``, as the cancel
+    recorded it: no failure, no retry.
     """
     job = transitions.job_start(job_id=job_id, redelivered=redelivered, lost_on=lost_on)
     if job is None:
@@ -46,14 +48,25 @@ def run_job(*, job_id: str, redelivered: bool = False, lost_on: str | None = Non
             result = _call_handler(job, options)
             if contains_nul(result):  # also checks that it is JSON-serialisable
                 raise ValueError(f"The result of job {job.name!r} contains NUL characters, which cannot be stored.")
+        except JobCancelled:
+            if transitions.job_is_cancelled(job_id=job.id):
+                logger.info("Job %s (%s) was cancelled: its handler was interrupted", job.name, job.id)
+            else:  # raised by the handler itself: a failure like any other, or the job stays active
+                _fail(job, options, RuntimeError("The handler raised JobCancelled, but its job was not cancelled."))
+            return
         except Exception as exc:  # the handler's failure is the job's failure
-            if not transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made)):
-                _log_discarded(job)
+            _fail(job, options, exc)
             return
         if not transitions.job_complete(job=job, result=result):
             _log_discarded(job)
     finally:
+        interrupts.clear()
         _rearm_soft_limit()
+
+
+def _fail(job: transitions.StartedJob, options: JobOptions, exc: Exception) -> None:
+    if not transitions.job_fail(job=job, exc=exc, retry_delay_ms=options.retry_delay_ms(job.attempts_made)):
+        _log_discarded(job)
 
 
 def _log_discarded(job: transitions.StartedJob) -> None:
@@ -79,58 +92,89 @@ def _call_handler(job: transitions.StartedJob, options: JobOptions) -> Any:
         children_values=values,
         children_failures=failures,
     )
+    if _interruptible():
+        return _call_interruptible(handler, ctx, options.effective_timeout_ms)
     if options.timeout_ms is None:
+        # Threads: the default timeout is not worth a helper thread per job (it cost the
+        # embedded mode a tenth of its throughput); only an explicit ``timeout`` is.
         return handler(ctx)
-    if _soft_limit_available():
-        return _call_with_soft_limit(handler, ctx, options.timeout_ms)
     return _call_with_timeout(handler, ctx, options.timeout_ms)
 
 
-# Timeouts. In a prefork pool process the job's message carries a Celery soft time
-# limit (``jobs.dispatch.enqueue_jobs``): when it runs out, the pool signals the process
-# and the handler is interrupted where it is, with an exception. Elsewhere (the
-# embedded mode's threads, the solo pool) nothing can interrupt Python code, so the
-# handler runs in a helper thread that is abandoned when the time is up.
+# Timeouts and cancels. In a prefork pool process (one job at a time, in the main
+# thread) the handler is interrupted where it is, with an exception raised by a signal
+# handler: SIGALRM from a timer armed for the job's timeout (``signal.setitimer``), or
+# SIGUSR1 sent by the process's cancel watcher (``jobs.interrupts``). Elsewhere (the
+# embedded mode's threads, the solo pool) nothing can interrupt Python code, so a
+# handler with a ``timeout`` option runs in a helper thread that is abandoned when the
+# time is up (the default timeout is not applied there), and a handler polls
+# ``ctx.cancelled`` to stop on a cancel.
+#
+# Not Celery's soft time limit on the message: the worker's main process keeps a timer
+# per message for it, and a finished job only marks its timer cancelled, which stays
+# in the timer heap until it would have fired. With a default timeout of an hour on
+# every job, that is an hour of jobs' timers in every worker (a million at 300 jobs/s).
+# The timer here costs two system calls per job.
 _soft_limit_sighandler = None  # billiard's SIGUSR1 handler, once this process is known to have it
+TIMEOUT_SIGNAL = getattr(signal, "SIGALRM", None)
 
 
-def _soft_limit_available() -> bool:
-    """True in a prefork pool process running a message that has a soft time limit."""
+def _interruptible() -> bool:
+    """True in a prefork pool process (billiard's soft time limit handler is installed)."""
     global _soft_limit_sighandler
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGUSR1"):
+    if (threading.current_thread() is not threading.main_thread() or interrupts.INTERRUPT_SIGNAL is None
+            or TIMEOUT_SIGNAL is None):
         return False
     if _soft_limit_sighandler is None:
         from billiard.pool import soft_timeout_sighandler
 
-        if signal.getsignal(signal.SIGUSR1) is not soft_timeout_sighandler:
+        if signal.getsignal(interrupts.INTERRUPT_SIGNAL) is not soft_timeout_sighandler:
             return False
         _soft_limit_sighandler = soft_timeout_sighandler
-    from celery import current_task
-
-    limits = getattr(getattr(current_task, "request", None), "timelimit", None) or (None, None)
-    return bool(limits[1])
+    return True
 
 
-def _call_with_soft_limit(handler, ctx: JobContext, timeout_ms: int) -> Any:
+def _call_interruptible(handler, ctx: JobContext, timeout_ms: int) -> Any:
+    """Call the handler; its timeout or a cancel interrupts it with an exception.
+
+    The handler sees ``SoftTimeLimitExceeded`` (time is up, as with Celery's soft time
+    limit) or ``JobCancelled``; the run then ends in ``JobTimeoutError`` (a failed
+    attempt) or ``JobCancelled`` (nothing to record), also when the handler caught the
+    interruption and carried on. (A SIGUSR1 that is not a cancel is a Celery soft time
+    limit, on a message published with one.)
+    """
     from celery.exceptions import SoftTimeLimitExceeded
 
-    timed_out = False
+    reason: type[BaseException] | None = None
 
     def interrupt(signum, frame):
-        nonlocal timed_out
-        timed_out = True
-        raise SoftTimeLimitExceeded()
+        nonlocal reason
+        if reason is not None:  # once: a second signal must not break the unwinding
+            return
+        cancelled = signum == interrupts.INTERRUPT_SIGNAL and interrupts.cancel_requested(ctx.job_id)
+        reason = JobCancelled if cancelled else SoftTimeLimitExceeded
+        raise reason()
 
-    signal.signal(signal.SIGUSR1, interrupt)
+    previous_alarm = signal.signal(TIMEOUT_SIGNAL, interrupt)
+    signal.signal(interrupts.INTERRUPT_SIGNAL, interrupt)
     try:
-        value = handler(ctx)
-    except SoftTimeLimitExceeded:
-        timed_out = True
-    finally:
-        # A limit that runs out now, after the handler, must not interrupt the bookkeeping.
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    if timed_out:  # also when the handler caught the interruption and carried on
+        try:
+            with interrupts.running(ctx.job_id):
+                signal.setitimer(signal.ITIMER_REAL, timeout_ms / 1000)
+                value = handler(ctx)
+        finally:
+            # A signal that comes now, after the handler, must not interrupt the bookkeeping.
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(interrupts.INTERRUPT_SIGNAL, signal.SIG_IGN)
+            signal.signal(TIMEOUT_SIGNAL, signal.SIG_IGN if previous_alarm is None else previous_alarm)
+    except BaseException:
+        if reason is None:  # the handler's own failure
+            raise
+    if reason is not None:
         _drop_busy_connection()
+    if reason is JobCancelled:
+        raise JobCancelled(f"Job {ctx.job_id} was cancelled")
+    if reason is SoftTimeLimitExceeded:
         raise JobTimeoutError(f"Job timed out after {timeout_ms} ms")
     return value
 
@@ -145,7 +189,7 @@ def _drop_busy_connection() -> None:
     from psycopg.pq import TransactionStatus
 
     if raw.info.transaction_status != TransactionStatus.IDLE:
-        logger.warning("A timed-out handler left its database connection busy; closing it")
+        logger.warning("An interrupted handler left its database connection busy; closing it")
         try:
             connection.close()
         except Exception:  # already broken: Django opens a new one when it is next used
@@ -154,7 +198,7 @@ def _drop_busy_connection() -> None:
 
 def _rearm_soft_limit() -> None:
     if _soft_limit_sighandler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGUSR1, _soft_limit_sighandler)
+        signal.signal(interrupts.INTERRUPT_SIGNAL, _soft_limit_sighandler)
 
 
 def _call_with_timeout(handler, ctx: JobContext, timeout_ms: int) -> Any:

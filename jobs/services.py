@@ -276,6 +276,9 @@ def release_due_jobs(*, queue: str) -> int:
 def job_cancel(*, job: Job) -> bool:
     """Cancel one unfinished job and revoke its message; False if it had already finished.
 
+    A handler running it is interrupted after the commit (``jobs.dispatch.revoke_jobs``),
+    and whatever it returns is discarded: the job stays ``cancelled``.
+
     A job of a flow cancelled alone counts for its parent as a failure (its failure
     policy applies; the root's cancel fails the flow), and an attached job's cancel
     lets the flow finish (``transitions.job_cancelled_alone``). To stop a whole flow,
@@ -294,7 +297,7 @@ def job_cancel(*, job: Job) -> bool:
             )
             job_cancelled_alone(job=StartedJob.from_job(job), outbox=outbox)
             outbox.close()
-            transaction.on_commit(lambda: revoke_jobs([job.pk]))
+            transaction.on_commit(lambda: revoke_jobs([job.pk], running=[job.pk]))
     return bool(changed)
 
 

@@ -153,6 +153,10 @@ WEBHOOK_QUEUE = "webhooks"
 RESERVED_QUEUES = frozenset({WEBHOOK_QUEUE, SWEEP_QUEUE})
 # The periodic sweep's Celery task (``jobs.tasks.sweep``), sent by beat to ``SWEEP_QUEUE``.
 SWEEP_TASK = "jobs.sweep"
+# The Redis pub/sub channel on which a cancel names the running jobs to interrupt
+# (``jobs.interrupts``); the broker's Redis database number is appended, since pub/sub
+# channels are shared by every database of a Redis server.
+CANCEL_CHANNEL = "flowsite.cancel"
 
 # The legacy service's response messages, which its clients may show or compare.
 FLOW_CREATED_MESSAGE = "Flow created successfully"

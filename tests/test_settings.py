@@ -93,3 +93,26 @@ def test_throttles_trust_no_proxy_unless_num_proxies_is_set(tmp_path):
     assert (default.returncode, default.stdout.strip()) == (0, "0"), default.stderr  # REMOTE_ADDR, not X-Forwarded-For
     assert (one.returncode, one.stdout.strip()) == (0, "1"), one.stderr
     assert junk.returncode != 0 and "NUM_PROXIES must be at least 0, got -1" in junk.stderr
+
+
+def test_the_example_handlers_are_on_in_embedded_mode_and_opt_in_in_service_mode(tmp_path):
+    check = (
+        "import django; django.setup(); from jobs.registry import autodiscover_handlers, get_handler;"
+        "autodiscover_handlers(); print(get_handler('download-video') is not None)"
+    )
+    service = {"DATABASE_URL": "postgres://postgres@127.0.0.1/x", "REDIS_URL": "redis://127.0.0.1", "SECRET_KEY": "k"}
+
+    embedded = load_settings(tmp_path, check=check, FLOWSITE_EXAMPLES="")
+    service_default = load_settings(tmp_path, check=check, FLOWSITE_EXAMPLES="", **service)
+    service_on = load_settings(tmp_path, check=check, FLOWSITE_EXAMPLES="1", **service)
+    embedded_off = load_settings(tmp_path, check=check, FLOWSITE_EXAMPLES="False")
+
+    assert [r.stdout.strip() for r in (embedded, service_default, service_on, embedded_off)] == [
+        "True", "False", "True", "False"], [r.stderr for r in (embedded, service_default, service_on, embedded_off)]
+
+
+def test_a_default_job_timeout_over_the_maximum_is_an_error(tmp_path):
+    result = load_settings(tmp_path, FLOWSITE_DEFAULT_JOB_TIMEOUT="7200", FLOWSITE_MAX_JOB_TIMEOUT="3600")
+
+    assert result.returncode != 0
+    assert "FLOWSITE_DEFAULT_JOB_TIMEOUT must be at most FLOWSITE_MAX_JOB_TIMEOUT" in result.stderr
