@@ -110,6 +110,9 @@ class QueueState(models.Model):
     stalled_total = models.PositiveBigIntegerField(default=0)
     redispatched_total = models.PositiveBigIntegerField(default=0)
 
+    class Meta:
+        verbose_name = "queue"  # the admin's queue page (``jobs.admin``) lists every configured queue
+
     def __str__(self) -> str:
         return f"{self.name} ({'paused' if self.paused else 'running'})"
 
