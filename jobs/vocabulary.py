@@ -140,3 +140,28 @@ ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 SWEEP_QUEUE = "flowsite.sweeps"
 # The periodic sweep's Celery task (``jobs.tasks.sweep``), sent by beat to ``SWEEP_QUEUE``.
 SWEEP_TASK = "jobs.sweep"
+
+# WEBHOOKS (``webhooks``)
+# The queue of webhook deliveries (``webhooks.tasks``). No job may be sent to it: a
+# slow target must never hold up jobs, nor jobs the deliveries.
+WEBHOOK_QUEUE = "webhooks"
+# Celery tasks: send one delivery (then the next ones of its webhook and flow, in
+# order), and publish the deliveries that are due (after commits; beat, as a sweep).
+WEBHOOK_DELIVER_TASK = "webhooks.deliver"
+WEBHOOK_DISPATCH_TASK = "webhooks.dispatch"
+# The ``type`` of a test delivery (``POST /api/webhooks/{id}/test``); nobody subscribes to it.
+WEBHOOK_PING = "ping"
+# Which subscriptions receive an event of each type: a finished job or flow is also a
+# status change (``delta``), and ``all`` receives everything.
+WEBHOOK_SUBSCRIBERS: dict[str, frozenset[str]] = {
+    WebhookEvent.PROGRESS: frozenset({WebhookEvent.PROGRESS, WebhookEvent.ALL}),
+    WebhookEvent.COMPLETED: frozenset({WebhookEvent.COMPLETED, WebhookEvent.DELTA, WebhookEvent.ALL}),
+    WebhookEvent.FAILED: frozenset({WebhookEvent.FAILED, WebhookEvent.DELTA, WebhookEvent.ALL}),
+    WebhookEvent.DELTA: frozenset({WebhookEvent.DELTA, WebhookEvent.ALL}),
+}
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
