@@ -41,10 +41,12 @@ class _Sweeper:
         from django.db import connections
 
         from jobs.sweeps import sweep
+        from webhooks.services import deliveries_dispatch
 
         while not self.stopped.wait(settings.FLOWSITE_SWEEP_INTERVAL):
             try:
                 sweep()
+                deliveries_dispatch(sweep=True)
             except Exception:
                 logger.warning("The sweep failed; it runs again in %s s", settings.FLOWSITE_SWEEP_INTERVAL,
                                exc_info=True)
@@ -76,9 +78,12 @@ class EmbeddedWorker:
 
 
 def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int | None = None) -> EmbeddedWorker:
-    """Start a Celery worker thread consuming ``queues`` (default: all allowed queues), and the sweeps."""
+    """Start a Celery worker thread consuming ``queues`` (default: all allowed queues and the
+    webhook deliveries'), and the sweeps."""
     from jobs import liveness
+    from jobs.vocabulary import WEBHOOK_QUEUE
 
+    consumed = queues or [*settings.FLOWSITE_QUEUES, WEBHOOK_QUEUE]
     queues = queues or list(settings.FLOWSITE_QUEUES)
     liveness.set_queues(queues)
     liveness.this_worker()
@@ -87,7 +92,7 @@ def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int |
         hostname=f"embedded-{threading.get_native_id()}@flowsite",
         pool="threads",
         concurrency=concurrency or settings.FLOWSITE_EMBEDDED_CONCURRENCY,
-        queues=queues,
+        queues=consumed,
         loglevel=logging.WARNING,
         without_heartbeat=True,
         without_mingle=True,
@@ -97,5 +102,5 @@ def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int |
     thread.start()
     if not controller.ready.wait(30):
         raise RuntimeError("The embedded Celery worker did not start within 30 s")
-    logger.debug("Embedded worker consuming %s", ", ".join(queues))
+    logger.debug("Embedded worker consuming %s", ", ".join(consumed))
     return EmbeddedWorker(controller=controller, thread=thread, sweeper=_Sweeper())

@@ -72,6 +72,8 @@ def post(target: Target, *, body: bytes, headers: dict[str, str]) -> Outcome:
         return outcome
     except urllib3.exceptions.ReadTimeoutError:
         return Outcome(None, "", _since(started), error=f"No answer within {timeout.read_timeout} s (read timeout)")
+    except urllib3.exceptions.NewConnectionError as exc:  # a subclass of ConnectTimeoutError: first
+        return Outcome(None, "", _since(started), error=f"Could not connect: {_reason(exc)}")
     except urllib3.exceptions.ConnectTimeoutError:
         return Outcome(None, "", _since(started), error=f"Could not connect within {timeout.connect_timeout} s")
     except (urllib3.exceptions.HTTPError, OSError) as exc:
