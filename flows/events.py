@@ -18,6 +18,10 @@ Delivery:
   another process (``manage.py submit_flow`` from a second terminal) do not (see
   README "Live events").
 
+Webhooks must not lose an event: their deliveries are written *inside* the
+transaction of each change by an armed recorder (``add_recorder``, see
+"RECORDERS" below and ``webhooks.recording``), not from the after-commit path.
+
 Events are notifications; the database is the truth. Each event's ``data``
 carries ``seq``, the flow's event sequence number (``Flow.event_seq``), taken in
 the same transaction as the change it reports, so for one flow the numbers follow
@@ -36,7 +40,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,6 +311,50 @@ def add_sink(sink: Sink) -> None:
         _sinks.append(sink)
 
 
+# RECORDERS
+# ------------------------------------------------------------------------------
+# Consumers that must not lose an event (webhook deliveries) record it in the
+# database *inside the transaction of the change*, not after its commit. Each
+# recorder comes with ``armed()``, a cheap cached flag saying whether it may have
+# anything to record; while none is armed the engine pays nothing for them. Read
+# ``recording()`` once, at the start of a change's transaction, and pass the
+# change's events to ``record`` before it commits.
+Recorder = Callable[[list[Event]], None]
+_recorders: list[tuple[Recorder, Callable[[], bool]]] = []
+
+
+def add_recorder(recorder: Recorder, *, armed: Callable[[], bool]) -> None:
+    """Hand the events of every change to ``recorder`` inside its transaction, while ``armed()``."""
+    if all(recorder is not known for known, _ in _recorders):
+        _recorders.append((recorder, armed))
+
+
+def recording() -> bool:
+    """Whether some recorder is armed: changes must then number their events and ``record`` them."""
+    return any(armed() for _, armed in _recorders)
+
+
+def record(events: list[Event]) -> None:
+    """Give a change's numbered events to every recorder; call inside the change's transaction."""
+    if events:
+        for recorder, _ in _recorders:
+            recorder(events)
+
+
+@contextmanager
+def recorded_transaction() -> Iterator[bool]:
+    """A transaction for a change whose events must be recorded, if any recorder is armed.
+
+    Yields whether they must: inside, ``record`` what the change numbered. Unarmed,
+    no transaction is opened (the engine's single statements commit on their own).
+    """
+    if recording():
+        with transaction.atomic():
+            yield True
+    else:
+        yield False
+
+
 def _send_to_channel_layer(events: list[Event]) -> None:
     batch = [(group, message) for event in events for message in (event.message(),) for group in event.groups()]
     _get_publisher().send(batch)
@@ -390,17 +439,18 @@ def live() -> bool:
     """Whether a change made now numbers and publishes its events.
 
     On when events are on and somebody may hear them: embedded mode (one process,
-    nothing to ask), a second consumer (``add_sink``), or a live connection in some
-    web process (``_Gate``). With nobody connected the engine pays one cached flag
+    nothing to ask), a second consumer (``add_sink``), a live connection in some
+    web process (``_Gate``), or an armed recorder (webhooks: ``recording()``; then
+    events are numbered even with ``FLOWSITE_EVENTS`` off). With nobody connected the engine pays one cached flag
     read per transition instead of numbering and publishing events nobody receives.
     Read it once per transaction: the numbering and the publishing of one change
     must agree.
     """
     if not settings.FLOWSITE_EVENTS:
-        return False
+        return recording()
     if settings.EMBEDDED or _sinks:
         return True
-    return _gate.is_open()
+    return _gate.is_open() or recording()
 
 
 # A new flow's first event, ``flow:created``.
@@ -472,6 +522,8 @@ def flow_created(flow: Any, jobs: list[Any]) -> None:
     body["jobs"] = [job_state_payload({field: getattr(job, field) for field in JOB_STATE_FIELDS}) for job in ordered]
     body["seq"] = FIRST_SEQ
     event = Event(name=FlowEvent.CREATED, data=body, flow_id=flow.pk, owner_id=flow.owner_id)
+    if recording():
+        record([event])
     transaction.on_commit(lambda: publish([event]))
 
 
@@ -499,6 +551,8 @@ def flow_settled(flow_id: str) -> None:
     """
     event = _final_event(flow_id)
     if event is not None:
+        if recording():
+            record([event])
         transaction.on_commit(lambda: publish([event]))
 
 
@@ -516,7 +570,8 @@ class Outbox:
 
     def __init__(self) -> None:
         self._items: list[tuple[str, FlowEvent, dict[str, Any], bool]] = []
-        self.live = live()  # once for the whole transaction
+        self.recording = recording()  # once for the whole transaction, before live() (which it implies)
+        self.live = live() or self.recording
 
     def add(self, flow_id: str | None, name: FlowEvent, data: dict[str, Any], *, broadcast: bool = True) -> None:
         if flow_id and self.live:
@@ -549,6 +604,8 @@ class Outbox:
             data["seq"] = next_seq[flow_id]
             next_seq[flow_id] += 1
             built.append(Event(name=name, data=data, flow_id=flow_id, owner_id=taken[flow_id][1], broadcast=broadcast))
+        if self.recording:
+            record(built)  # a closed flow's final event told again is recorded once, not twice
         for flow_id, (_, _, again) in taken.items():
             if again is not None and (event := final_event_again(flow_id, again)) is not None:
                 built.append(event)
@@ -618,7 +675,7 @@ class _Coalescer:
 
     def send(self, flow_ids: set[str]) -> set[str]:
         """Send the progress of these flows now; return those to try again later."""
-        flow_ids = _listened(flow_ids)
+        flow_ids = _interested(flow_ids)
         later = set()
         if not settings.EMBEDDED and flow_ids:
             flow_ids, later = _claim_turns(flow_ids)
@@ -631,7 +688,7 @@ class _Coalescer:
         with self._wake:
             due, self._due = self._due, set()
         if due:
-            publish_now(flow_progress_events(_listened(due)))
+            publish_now(flow_progress_events(_interested(due)))
 
 
 _coalescer = _Coalescer()
@@ -681,7 +738,14 @@ def flow_progress_events(flow_ids: set[str]) -> list[Event]:
             built.append(
                 Event(name=FlowEvent.PROGRESS, data=progressed, flow_id=flow_id, owner_id=owner_id, broadcast=False)
             )
+        if recording():
+            record(built)
     return built
+
+
+def _interested(flow_ids: set[str]) -> set[str]:
+    """The flows whose progress somebody wants: every one while a recorder is armed, else the listened ones."""
+    return set(flow_ids) if recording() else _listened(flow_ids)
 
 
 def _listened(flow_ids: set[str]) -> set[str]:

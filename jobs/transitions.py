@@ -205,6 +205,15 @@ def job_start(*, job_id: str, redelivered: bool = False, lost_on: str | None = N
     ended unfinished (it lost the database mid-run and sent the message again): a
     run of that worker still ``active`` is lost whatever its heartbeat says.
     """
+    # Armed recorders (webhooks) record the start's event in the start's own transaction.
+    with events.recorded_transaction() as recording:
+        job = _start(job_id=job_id, redelivered=redelivered, lost_on=lost_on, recording=recording)
+    if job is not None and job.flow_id:
+        flow_status.flow_mark_running(flow_id=job.flow_id)
+    return job
+
+
+def _start(*, job_id: str, redelivered: bool, lost_on: str | None, recording: bool) -> StartedJob | None:
     for _ in range(3):
         row = _start_row(job_id)
         if row is not None:
@@ -230,10 +239,8 @@ def job_start(*, job_id: str, redelivered: bool = False, lost_on: str | None = N
         child_count=row[7],
         failure_policy=row[8],
     )
-    if job.flow_id:
-        if row[9] is not None:
-            _send_numbered(job, JobStatus.ACTIVE, numbers=row[9:12])
-        flow_status.flow_mark_running(flow_id=job.flow_id)
+    if job.flow_id and row[9] is not None:
+        _send_numbered(job, JobStatus.ACTIVE, numbers=row[9:12], record=recording)
     return job
 
 
@@ -257,10 +264,16 @@ def _numbers(seq: int | None, owner_id: int | None, closed: bool | None) -> tupl
     return seq - 1, owner_id, seq
 
 
-def _send_numbered(job: StartedJob, status: str, *, numbers: tuple, **outcome: Any) -> None:
-    """Publish a job's event after commit, then its closed flow's final event again if it has one."""
+def _send_numbered(job: StartedJob, status: str, *, numbers: tuple, record: bool = False, **outcome: Any) -> None:
+    """Publish a job's event after commit, then its closed flow's final event again if it has one.
+
+    ``record``: also hand the job's event to the recorders (``events.record``), in the
+    current transaction.
+    """
     seq, owner_id, again = numbers
     built = [_job_event(job, status, seq=seq, owner_id=owner_id, **outcome)]
+    if record:
+        events.record(built)
     if again is not None and (final := events.final_event_again(job.flow_id, again)) is not None:
         built.append(final)
     _send(*built)
@@ -374,6 +387,19 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
     """
     now = timezone.now()
     encoded = json.dumps(result)
+    with events.recorded_transaction() as recording:
+        ready = _complete(job=job, result=result, encoded=encoded, now=now, recording=recording)
+    if ready is False:
+        return False
+    if ready is not None:
+        transaction.on_commit(lambda: enqueue_jobs([ready]))
+    elif job.parent_id is None and job.flow_id:
+        settle_flow(flow_id=job.flow_id)
+    return True
+
+
+def _complete(*, job: StartedJob, result: Any, encoded: str, now: Any, recording: bool) -> JobRef | None | bool:
+    """The completion's statements; the parent it made ready, None, or False if the job was not active."""
     ready: JobRef | None = None
     if connection.vendor == "postgresql" and job.parent_id:
         relax = _relax_commits()
@@ -393,7 +419,9 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
             ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
         if row[4] is not None:
             # Before the parent is published: a flow's events follow its causes.
-            _send_numbered(job, JobStatus.COMPLETED, numbers=_numbers(*row[4:7]), result=result)
+            _send_numbered(
+                job, JobStatus.COMPLETED, numbers=_numbers(*row[4:7]), record=recording, result=result
+            )
     else:
         with transaction.atomic():
             with prepared_cursor() as cursor:
@@ -406,15 +434,11 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
                     return False
             if job.parent_id:
                 ready = _release_parent(job.parent_id)
-            if job.flow_id and events.live():
+            if job.flow_id and (recording or events.live()):
                 numbers = events.take_seqs({job.flow_id: 1}).get(job.flow_id)
                 if numbers is not None:
-                    _send_numbered(job, JobStatus.COMPLETED, numbers=numbers, result=result)
-    if ready is not None:
-        transaction.on_commit(lambda: enqueue_jobs([ready]))
-    elif job.parent_id is None and job.flow_id:
-        settle_flow(flow_id=job.flow_id)
-    return True
+                    _send_numbered(job, JobStatus.COMPLETED, numbers=numbers, record=recording, result=result)
+    return ready
 
 
 def settle_flow(*, flow_id: str) -> str | None:
