@@ -84,27 +84,35 @@ def test_a_flows_events_arrive_signed_complete_and_in_order(user, webhook_worker
     assert len(requests) == len(deliveries) + 1
     bodies = [verify_signature(webhook.secret, r.headers, r.body) for r in requests]
     assert bodies[0] == bodies[1]  # the retry: the same event, the same bytes
-    seqs = [body["data"]["seq"] for body in bodies[1:]]
-    assert seqs == sorted(seqs) == [d.seq for d in deliveries]
     for request, body in zip(requests, bodies):
-        assert request.headers["webhook-id"] == body["id"] == f"evt_{flow.pk}_{body['data']['seq']}"
+        assert request.headers["webhook-id"] == body["id"] == f"evt_{body['data']['seq']}"
         assert request.headers["Content-Type"] == "application/json"
         assert request.headers["webhook-signature"].startswith("v1,")
         assert set(body) == {"type", "id", "timestamp", "data"} and body["data"]["flowId"] == flow.pk
-    job_events = [b for b in bodies[1:] if "jobId" in b["data"]]
+    bodies = bodies[1:]
+    assert sorted(b["data"]["seq"] for b in bodies) == [d.seq for d in deliveries]
+    # Sent in causal order: the flow's creation first, each job's start before its end,
+    # the children before their parent, every job before the flow's end.
+    assert (bodies[0]["type"], bodies[0]["data"]) == (
+        WebhookEvent.DELTA, {"flowId": flow.pk, "status": FlowStatus.PENDING, "seq": deliveries[0].seq}
+    )
+    job_events = [b for b in bodies if "jobId" in b["data"]]
+    position = {(b["data"]["jobId"], b["data"]["status"]): index for index, b in enumerate(bodies) if "jobId" in b["data"]}
+    jobs = {b["data"]["jobId"] for b in job_events}
+    assert len(jobs) == 4 and len(job_events) == 8  # active and completed, each once
+    for job in jobs:
+        assert position[(job, JobStatus.ACTIVE)] < position[(job, JobStatus.COMPLETED)]
+    root = next(b["data"]["jobId"] for b in job_events if b["data"]["name"] == "test-sum")
+    children_done = [position[(job, JobStatus.COMPLETED)] for job in jobs if job != root]
+    assert max(children_done) < position[(root, JobStatus.ACTIVE)]
     jobs_done = [b["data"] for b in job_events if b["type"] == WebhookEvent.COMPLETED]
     assert sorted(d["result"] for d in jobs_done) == [0, 1, 2, 4]
-    assert {d["status"] for d in (b["data"] for b in job_events if b["type"] == WebhookEvent.DELTA)} == {
-        JobStatus.ACTIVE
-    }
-    assert bodies[1]["type"] == WebhookEvent.DELTA and bodies[1]["data"]["status"] == FlowStatus.PENDING
-    # The flow's own end comes after every job event; its progress (coalesced) may follow it.
-    flow_events = [b for b in bodies[1:] if "jobId" not in b["data"] and b["type"] != WebhookEvent.PROGRESS]
-    final = flow_events[-1]
-    assert (final["type"], final["data"]["status"], final["data"]["result"]) == (
-        WebhookEvent.COMPLETED, FlowStatus.COMPLETED, 4
-    )
-    assert final["data"]["seq"] > max(b["data"]["seq"] for b in job_events)
+    assert all(b["type"] == WebhookEvent.DELTA for b in job_events if b["data"]["status"] == JobStatus.ACTIVE)
+    # The flow's end comes after every job event; its progress (coalesced) may follow it.
+    final_index, final = next((i, b) for i, b in enumerate(bodies) if "jobId" not in b["data"]
+                              and b["type"] == WebhookEvent.COMPLETED)
+    assert (final["data"]["status"], final["data"]["result"]) == (FlowStatus.COMPLETED, 4)
+    assert final_index > max(position.values())
     progress = [b["data"] for b in bodies if b["type"] == WebhookEvent.PROGRESS]
     assert progress and progress[-1]["progress"]["completed"] == 4 and progress[-1]["status"] == FlowStatus.COMPLETED
 

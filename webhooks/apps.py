@@ -10,5 +10,8 @@ class WebhooksConfig(AppConfig):
         from flows import events
         from webhooks import recording
 
-        # Deliveries are written in the transaction of each change, while some webhook is active.
-        events.add_recorder(recording.record_deliveries, armed=recording.armed)
+        # Deliveries are written in the transaction of each change a webhook may want.
+        events.add_recorder(
+            recording.record_deliveries, armed=recording.armed, sql_arm=recording.deliveries_sql_arm,
+            after_commit=recording.kicker.kick,
+        )

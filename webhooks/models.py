@@ -71,8 +71,9 @@ class Webhook(models.Model):
 class Delivery(models.Model):
     """One event for one webhook: its payload, and how sending it went.
 
-    ``seq`` is the flow's event number (``flows.events``): a webhook's deliveries of
-    one flow are sent in that order, one at a time. ``leased_until``: a worker is
+    ``seq`` is the event's number (``webhooks.recording.EVENT_SEQUENCE``; ``event_id``
+    is ``evt_<seq>``): a webhook's deliveries of one flow are sent in that order, one at
+    a time. ``leased_until``: a worker is
     sending it until then (a worker that died lets the lease run out).
     """
 
@@ -99,11 +100,11 @@ class Delivery(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["-created_at", "-id"]
+        ordering = ["-seq", "-id"]
         verbose_name_plural = "deliveries"
-        constraints = [models.UniqueConstraint(fields=["webhook", "event_id"], name="delivery_event_unique")]
+        # One delivery per event and webhook; also the delivery log's index (newest first).
+        constraints = [models.UniqueConstraint(fields=["webhook", "seq"], name="delivery_event_unique")]
         indexes = [
-            models.Index(fields=["webhook", "created_at"], name="delivery_webhook_idx"),
             # The pending deliveries: what the dispatcher sends, and the order check.
             models.Index(
                 fields=["webhook", "flow_id", "seq"], name="delivery_pending_idx",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -133,8 +132,9 @@ def webhook_test(*, webhook: Webhook) -> Delivery:
     if not webhook.active:
         raise WebhookInactive("The webhook is not active: activate it to test it.")
     now = timezone.now()
+    seq = recording.next_event_number()
     delivery = Delivery.objects.create(
-        webhook=webhook, event_id=f"evt_ping_{uuid.uuid4().hex}", event_type=WEBHOOK_PING,
+        webhook=webhook, event_id=f"evt_{seq}", seq=seq, event_type=WEBHOOK_PING,
         data={"webhookId": webhook.pk, "message": "Test delivery from Flowsite."},
         next_attempt_at=now, created_at=now, updated_at=now,
     )
