@@ -196,7 +196,8 @@ def send_round(user, url: str, *, deliveries: int, webhooks: int, flows: int) ->
 
     from jobs.vocabulary import DeliveryStatus, WebhookEvent
     from webhooks.models import Delivery, Webhook, event_mask
-    from webhooks.recording import publish_dispatch
+    from jobs.vocabulary import WEBHOOK_QUEUE
+    from webhooks.tasks import dispatch
 
     Webhook.objects.all().delete()
     clear_deliveries()
@@ -209,7 +210,7 @@ def send_round(user, url: str, *, deliveries: int, webhooks: int, flows: int) ->
                  next_attempt_at=now, created_at=now, updated_at=now)
         for n in range(deliveries)
     ], batch_size=1000)
-    publish_dispatch()
+    dispatch.apply_async(queue=WEBHOOK_QUEUE)
     deadline = time.monotonic() + 600
     while Delivery.objects.filter(status=DeliveryStatus.PENDING).exists():
         if time.monotonic() > deadline:

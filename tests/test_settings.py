@@ -93,3 +93,20 @@ def test_throttles_trust_no_proxy_unless_num_proxies_is_set(tmp_path):
     assert (default.returncode, default.stdout.strip()) == (0, "0"), default.stderr  # REMOTE_ADDR, not X-Forwarded-For
     assert (one.returncode, one.stdout.strip()) == (0, "1"), one.stderr
     assert junk.returncode != 0 and "NUM_PROXIES must be at least 0, got -1" in junk.stderr
+
+
+def test_webhook_settings_have_defaults_and_refuse_junk(tmp_path):
+    check = ("import django; django.setup(); from django.conf import settings as s; "
+             "print(s.FLOWSITE_WEBHOOK_CONNECT_TIMEOUT, s.FLOWSITE_WEBHOOK_READ_TIMEOUT, s.FLOWSITE_WEBHOOK_RETRY_DELAYS, "
+             "s.FLOWSITE_WEBHOOK_MAX_PENDING, s.FLOWSITE_WEBHOOK_ALLOW_PRIVATE)")
+
+    defaults = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_ALLOW_PRIVATE="")
+    junk = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_RETRY_DELAYS="5,soon")
+    negative = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_RETRY_DELAYS="5,-1")
+    allowed = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_ALLOW_PRIVATE="1", FLOWSITE_WEBHOOK_READ_TIMEOUT="2")
+
+    assert defaults.returncode == 0, defaults.stderr
+    assert defaults.stdout.strip() == "3 10 [5, 30, 120, 600, 2700] 10000 False"
+    assert junk.returncode != 0 and "FLOWSITE_WEBHOOK_RETRY_DELAYS must be comma-separated integers" in junk.stderr
+    assert negative.returncode != 0 and "must not be negative" in negative.stderr
+    assert allowed.stdout.split()[1] == "2" and allowed.stdout.split()[-1] == "True"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 from django.utils import timezone
 
-from jobs.vocabulary import DeliveryStatus, WebhookEvent
+from jobs.vocabulary import WEBHOOK_QUEUE, DeliveryStatus, WebhookEvent
 from tests.conftest import wait_for
 from tests.webhook_receiver import start_receiver, stop_receiver
 from tests.webhook_workers import kill, start_webhook_worker
-from webhooks import recording
 from webhooks.models import Delivery, Webhook, event_mask
+from webhooks.tasks import dispatch
 
 pytestmark = pytest.mark.usefixtures("engine_db")
 
@@ -53,7 +53,7 @@ def test_the_worker_refuses_an_internal_target_after_resolving_it(user, guarded_
     delivery = Delivery.objects.create(webhook=webhook, event_id="evt_test_1", event_type=WebhookEvent.COMPLETED,
                                        data={"flowId": "f"}, next_attempt_at=now)
 
-    recording.publish_dispatch()
+    dispatch.apply_async(queue=WEBHOOK_QUEUE)  # as Celery beat sends it
 
     refused = wait_for(
         lambda: Delivery.objects.filter(pk=delivery.pk).exclude(last_error="").first(), message="the refusal"

@@ -91,6 +91,9 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     leased_until = models.DateTimeField(null=True, blank=True)
+    # A ``webhooks.deliver`` message for it is queued until then: the dispatcher does not
+    # publish another one (a lost message is published again once this has passed).
+    queued_until = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     response_body = models.TextField(blank=True, default="")

@@ -311,8 +311,24 @@ class _Kicker:
 kicker = _Kicker()
 
 
+# Set while a ``webhooks.dispatch`` is queued and has not started: kicks meanwhile publish
+# nothing (it will see their deliveries), so a webhooks worker that was down finds one
+# dispatch waiting, not one per kick.
+DISPATCH_QUEUED_KEY = "webhooks:dispatch-queued"
+
+
 def publish_dispatch() -> None:
-    """Publish one ``webhooks.dispatch`` (it sends what is due)."""
+    """Publish one ``webhooks.dispatch`` (it sends what is due), unless one is queued already."""
+    from django.core.cache import cache
+
     from flowsite.celery import app
 
-    app.send_task(WEBHOOK_DISPATCH_TASK, queue=WEBHOOK_QUEUE, routing_key=WEBHOOK_QUEUE, expires=60)
+    if cache.add(DISPATCH_QUEUED_KEY, 1, timeout=60):  # expires: a lost message does not block the next
+        app.send_task(WEBHOOK_DISPATCH_TASK, queue=WEBHOOK_QUEUE, routing_key=WEBHOOK_QUEUE, expires=60)
+
+
+def dispatch_started() -> None:
+    """A dispatch runs: the next kick publishes another one."""
+    from django.core.cache import cache
+
+    cache.delete(DISPATCH_QUEUED_KEY)

@@ -48,7 +48,9 @@ LEASE_MARGIN_SECONDS = 5
 CHAIN_LIMIT = 50
 # Deliveries the dispatcher hands out per run.
 DISPATCH_BATCH = 500
-# Deliveries the dispatcher keeps pending per webhook.
+# How long the dispatcher trusts a ``webhooks.deliver`` message it published to be run.
+QUEUED_SECONDS = 60
+# Each retry delay is drawn within +-20% of FLOWSITE_WEBHOOK_RETRY_DELAYS' (no thundering herd).
 JITTER = 0.2
 
 
@@ -147,8 +149,8 @@ def delivery_redeliver(*, delivery: Delivery) -> Delivery:
     """Send a delivery again from its first attempt (same event id and payload)."""
     now = timezone.now()
     Delivery.objects.filter(pk=delivery.pk).update(
-        status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, leased_until=None, last_error="",
-        updated_at=now,
+        status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now, leased_until=None, queued_until=None,
+        last_error="", updated_at=now,
     )
     transaction.on_commit(recording.kicker.kick)
     delivery.refresh_from_db()
@@ -225,7 +227,8 @@ def delivery_record(*, delivery: Delivery, outcome: sender.Outcome) -> float | N
     now = timezone.now()
     fields: dict[str, Any] = {
         "last_status_code": outcome.status, "duration_ms": outcome.duration_ms,
-        "response_body": outcome.body, "last_error": outcome.error, "leased_until": None, "updated_at": now,
+        "response_body": outcome.body, "last_error": outcome.error, "leased_until": None, "queued_until": None,
+        "updated_at": now,
     }
     delay = None
     if outcome.ok:
@@ -239,6 +242,7 @@ def delivery_record(*, delivery: Delivery, outcome: sender.Outcome) -> float | N
                           last_error=f"Gave up after {delivery.attempts} attempts: {outcome.error}")
         else:
             fields["next_attempt_at"] = now + timedelta(seconds=delay)
+            fields["queued_until"] = fields["next_attempt_at"] + timedelta(seconds=QUEUED_SECONDS)  # the retry's message
     mine = Delivery.objects.filter(pk=delivery.pk, leased_until=delivery.leased_until)
     if not mine.update(**fields):
         return None
@@ -290,13 +294,22 @@ def publish_deliver(delivery_id: int, *, countdown: float | None = None) -> None
 def deliveries_dispatch(*, sweep: bool = False) -> int:
     """Publish a ``webhooks.deliver`` for every delivery that can be sent now; return how many.
 
-    Duplicates are harmless (a delivery is claimed once). ``sweep`` (Celery beat,
-    the embedded sweeper) also bounds every webhook's backlog and drops the
-    deliveries of deleted webhooks.
+    A delivery whose message is already queued (``queued_until``) is left alone, so a
+    backlog is not published over and over; duplicates would be harmless anyway (a
+    delivery is claimed once). ``sweep`` (Celery beat, the embedded sweeper) also
+    bounds every webhook's backlog and drops the deliveries of deleted webhooks.
     """
+    recording.dispatch_started()
     if sweep:
         deliveries_bound_backlog()
-    heads = list(_sendable(timezone.now()).order_by("next_attempt_at").values_list("pk", flat=True)[:DISPATCH_BATCH])
+    now = timezone.now()
+    with transaction.atomic():
+        heads = list(
+            _sendable(now).filter(Q(queued_until__isnull=True) | Q(queued_until__lt=now))
+            .order_by("next_attempt_at").select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)[:DISPATCH_BATCH]
+        )
+        Delivery.objects.filter(pk__in=heads).update(queued_until=now + timedelta(seconds=QUEUED_SECONDS))
     for delivery_id in heads:
         publish_deliver(delivery_id)
     return len(heads)
