@@ -27,9 +27,9 @@ _WRITE_ERRORS = error_responses(400, 401, 404, 413)
 
 
 @extend_schema_view(
-    list=extend_schema(responses={200: WebhookOutputSerializer(many=True), **error_responses(400, 401)}),
-    retrieve=extend_schema(responses={200: WebhookOutputSerializer, **error_responses(401, 404)}),
-    destroy=extend_schema(responses={204: None, **error_responses(401, 404)}),
+    list=extend_schema(responses={200: WebhookOutputSerializer(many=True), **error_responses(400, 401, 404)}),
+    retrieve=extend_schema(responses={200: WebhookOutputSerializer, **error_responses(400, 401, 404)}),
+    destroy=extend_schema(responses={204: None, **error_responses(400, 401, 404)}),
 )
 @extend_schema(tags=["webhooks"])
 class WebhookViewSet(
@@ -88,13 +88,13 @@ class WebhookViewSet(
         page = self.paginate_queryset(deliveries)
         return self.get_paginated_response(DeliveryOutputSerializer(page, many=True).data)
 
-    @extend_schema(request=None, responses={200: DeliveryOutputSerializer, **error_responses(401, 404, 409)})
+    @extend_schema(request=None, responses={200: DeliveryOutputSerializer, **error_responses(400, 401, 404, 409, 413)})
     @action(detail=True, methods=["post"])
     def test(self, request, webhook_id: str):
         delivery = services.webhook_test(webhook=self.get_object())
         return Response(DeliveryOutputSerializer(delivery).data)
 
-    @extend_schema(request=None, responses={200: WebhookSecretOutputSerializer, **error_responses(401, 404)})
+    @extend_schema(request=None, responses={200: WebhookSecretOutputSerializer, **error_responses(400, 401, 404, 413)})
     @action(detail=True, methods=["post"], url_path="rotate-secret")
     def rotate_secret(self, request, webhook_id: str):
         webhook = services.webhook_rotate_secret(webhook=self.get_object())
@@ -116,11 +116,11 @@ class DeliveryViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
             return Delivery.objects.none()
         return selectors.delivery_list_for_user(user=self.request.user)
 
-    @extend_schema(responses={200: DeliveryOutputSerializer, **error_responses(401, 404)})
+    @extend_schema(responses={200: DeliveryOutputSerializer, **error_responses(400, 401, 404)})
     def retrieve(self, request, delivery_id: str):
         return Response(DeliveryOutputSerializer(get_object_or_404(self.get_queryset(), pk=delivery_id)).data)
 
-    @extend_schema(request=None, responses={200: DeliveryOutputSerializer, **error_responses(401, 404)})
+    @extend_schema(request=None, responses={200: DeliveryOutputSerializer, **error_responses(400, 401, 404, 413)})
     @action(detail=True, methods=["post"])
     def redeliver(self, request, delivery_id: str):
         delivery = services.delivery_redeliver(delivery=get_object_or_404(self.get_queryset(), pk=delivery_id))
