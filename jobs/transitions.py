@@ -39,6 +39,7 @@ from jobs.vocabulary import (
     STARTABLE_JOB_STATUSES,
     FailurePolicy,
     FlowEvent,
+    FlowStatus,
     JobStatus,
 )
 
@@ -277,8 +278,21 @@ def job_start(*, job_id: str, redelivered: bool = False, lost_on: str | None = N
     if job.flow_id:
         if row[9] is not None:
             _send_numbered(job, JobStatus.ACTIVE, numbers=row[9:12])
-        flow_status.flow_mark_running(flow_id=job.flow_id)
+        _mark_flow_running(job.flow_id)
     return job
+
+
+def _mark_flow_running(flow_id: str) -> None:
+    """``flows.status.flow_mark_running``; recorders that want the move (webhooks' ``delta``) get it with it."""
+    if flow_status.flow_known_running(flow_id):
+        return
+    if not events.recording(FlowEvent.UPDATED, FlowStatus.RUNNING):
+        flow_status.flow_mark_running(flow_id=flow_id)
+        return
+    with transaction.atomic():
+        if flow_status.flow_mark_running(flow_id=flow_id):
+            events.record([events.Event(name=FlowEvent.UPDATED, data={"flowId": flow_id, "status": FlowStatus.RUNNING},
+                                        flow_id=flow_id, owner_id=0)])
 
 
 def _start_row(job_id: str) -> tuple | None:

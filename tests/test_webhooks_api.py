@@ -223,3 +223,20 @@ def test_ids_that_are_not_numbers_are_json_404s(api):
     response = api.get("/api/webhooks/abc")
 
     assert response.status_code == 404 and response.json()["error"]
+
+
+def test_the_sweep_bounds_a_webhooks_backlog_keeping_the_oldest(api, user, settings):
+    from webhooks.services import deliveries_bound_backlog
+
+    settings.FLOWSITE_WEBHOOK_MAX_PENDING = 3
+    webhook_id = create(api).json()["webhookId"]
+    made = [Delivery.objects.create(webhook_id=webhook_id, event_id=f"evt_{n}", event_type="delta", flow_id="f",
+                                    seq=n, data={}) for n in range(1, 6)]
+    orphan = Delivery.objects.create(webhook_id=webhook_id + 1000, event_id="evt_9", event_type="delta", seq=9, data={})
+
+    assert deliveries_bound_backlog() == 2
+
+    statuses = {d.seq: (d.status, d.last_error) for d in Delivery.objects.filter(webhook_id=webhook_id)}
+    assert [statuses[d.seq][0] for d in made] == [DeliveryStatus.PENDING] * 3 + [DeliveryStatus.FAILED] * 2
+    assert "more than FLOWSITE_WEBHOOK_MAX_PENDING (3)" in statuses[5][1]
+    assert not Delivery.objects.filter(pk=orphan.pk).exists()  # its webhook was deleted meanwhile

@@ -113,6 +113,10 @@ def test_a_flows_events_arrive_signed_complete_and_in_order(user, webhook_worker
                               and b["type"] == WebhookEvent.COMPLETED)
     assert (final["data"]["status"], final["data"]["result"]) == (FlowStatus.COMPLETED, 4)
     assert final_index > max(position.values())
+    running = [i for i, b in enumerate(bodies) if b["data"] == {"flowId": flow.pk, "status": FlowStatus.RUNNING,
+                                                                "seq": b["data"]["seq"]}]
+    assert len(running) == 1 and bodies[running[0]]["type"] == WebhookEvent.DELTA
+    assert min(i for (job, status), i in position.items() if status == JobStatus.ACTIVE) < running[0] < final_index
     progress = [b["data"] for b in bodies if b["type"] == WebhookEvent.PROGRESS]
     assert progress and progress[-1]["progress"]["completed"] == 4 and progress[-1]["status"] == FlowStatus.COMPLETED
 

@@ -117,6 +117,7 @@ def webhook_type(name: FlowEvent, status: str | None = None) -> str | None:
 
 
 _FLOW_EVENT_TYPES = {
+    FlowEvent.UPDATED: WebhookEvent.DELTA,  # recorded only for the move to running (``flow_mark_running``)
     FlowEvent.JOB_PROGRESS: WebhookEvent.PROGRESS,
     FlowEvent.PROGRESS: WebhookEvent.PROGRESS,
     FlowEvent.CREATED: WebhookEvent.DELTA,
@@ -148,7 +149,7 @@ def webhook_event(event: Event) -> tuple[str, str | None, str | None, dict[str, 
         return kind, data["jobId"], None, {
             **common, "jobId": data["jobId"], "status": JobStatus.ACTIVE, "progress": data["progress"],
         }
-    if name == FlowEvent.CREATED:
+    if name in (FlowEvent.CREATED, FlowEvent.UPDATED):
         return kind, None, None, {**common, "status": data["status"]}
     if name == FlowEvent.COMPLETED:
         return kind, None, None, {**common, "status": FlowStatus.COMPLETED, "result": data["result"]}
@@ -158,7 +159,7 @@ def webhook_event(event: Event) -> tuple[str, str | None, str | None, dict[str, 
         return kind, None, None, {**common, "status": FlowStatus.CANCELLED}
     if name == FlowEvent.PROGRESS:
         return kind, None, None, {**common, "status": data["status"], "progress": data["progress"]}
-    return None  # flow:updated tells the same change as flow:progress; flow:deleted is not a webhook event
+    return None  # flow:deleted is not a webhook event
 
 
 # Every recorded event takes the next number of this sequence (PostgreSQL; SQLite, whose
