@@ -13,14 +13,13 @@ import signal
 
 import pytest
 
-from flows.models import Flow
 from flows.services import flow_create
 from jobs.vocabulary import DeliveryStatus, FlowStatus, JobStatus, WebhookEvent
 from tests.conftest import wait_for, wait_for_flow
 from tests.webhook_receiver import Reply, start_receiver, stop_receiver
 from tests.webhook_workers import kill, start_webhook_worker
-from webhooks import recording, services
-from webhooks.models import Delivery, Webhook
+from webhooks import services
+from webhooks.models import Delivery, Webhook, new_secret
 from webhooks.signing import InvalidSignature, verify_signature
 
 pytestmark = pytest.mark.usefixtures("engine_db")
@@ -130,7 +129,7 @@ def test_a_tampered_body_or_another_secret_fails_verification(user, webhook_work
     with pytest.raises(InvalidSignature):
         verify_signature(webhook.secret, request.headers, request.body.replace(b"}", b" }", 1))
     with pytest.raises(InvalidSignature):
-        verify_signature(services.new_secret(), request.headers, request.body)
+        verify_signature(new_secret(), request.headers, request.body)
     with pytest.raises(InvalidSignature):
         verify_signature(webhook.secret, {**request.headers, "webhook-timestamp": "1000000000"}, request.body)
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest
 
 from jobs.vocabulary import DeliveryStatus, WebhookEvent
 from webhooks import services
-from webhooks.models import Delivery, Webhook, event_mask
+from webhooks.models import Delivery, Webhook
 from webhooks.serializers import DELIVERY_TYPES
 from webhooks.ssrf import UnsafeTarget, check_target
 
