@@ -18,6 +18,11 @@ Delivery:
   another process (``manage.py submit_flow`` from a second terminal) do not (see
   README "Live events").
 
+Webhooks must not lose an event: their deliveries are written *inside* the
+transaction of each change by a recorder (``add_recorder``, see "RECORDERS" below
+and ``webhooks.recording``), not from the after-commit path, and whether or not
+anybody listens here.
+
 Events are notifications; the database is the truth. Each event's ``data``
 carries ``seq``, the flow's event sequence number (``Flow.event_seq``), taken in
 the same transaction as the change it reports, so for one flow the numbers follow
@@ -307,7 +312,79 @@ def add_sink(sink: Sink) -> None:
         _sinks.append(sink)
 
 
+# RECORDERS
+# ------------------------------------------------------------------------------
+# Consumers that must not lose an event (webhook deliveries) write it to the
+# database *inside the transaction of the change*, not after its commit, numbered
+# or not. Each recorder has:
+#
+# - ``armed(name, status)``: a cheap cached flag, whether it may want events of that
+#   name (for ``flow:job:updated``, of that new job status; None: any event). While
+#   none is armed a change pays that flag read and nothing else;
+# - ``record(events)``: writes what it wants of a change's events, in its transaction,
+#   and returns how many records it wrote;
+# - ``sql_arm(source)``: the same as one arm of a ``WITH`` statement, reading the job
+#   status changes of the CTE ``source`` (columns ``RECORDED_JOB_COLUMNS``), so that
+#   the engine's one-statement transitions stay one statement (``jobs.transitions``);
+# - ``after_commit()``: runs after the commit of a change of which it wrote records.
+Recorder = Callable[[list[Event]], int]
+Armed = Callable[[FlowEvent | None, str | None], bool]
+SqlArm = Callable[[str], str]
+# What a statement hands to ``sql_arm``: one row per job status change, ``data`` being
+# the ``flow:job:updated`` payload (``job_updated_data``) and ``status`` the new status.
+RECORDED_JOB_COLUMNS = ("flow_id", "job_id", "queue_name", "data", "status")
+_recorders: list[tuple[Recorder, Armed, SqlArm, Callable[[], None]]] = []
+
+
+def add_recorder(recorder: Recorder, *, armed: Armed, sql_arm: SqlArm, after_commit: Callable[[], None]) -> None:
+    """Hand the events of every change to ``recorder`` inside its transaction, while ``armed``."""
+    if all(recorder is not known for known, *_ in _recorders):
+        _recorders.append((recorder, armed, sql_arm, after_commit))
+
+
+def recording(name: FlowEvent | None = None, status: str | None = None) -> bool:
+    """Whether some recorder wants such events now: read once, at the start of the change."""
+    return any(armed(name, status) for _, armed, *_ in _recorders)
+
+
+def record(events: list[Event]) -> None:
+    """Give a change's events (numbered or not) to every recorder; call inside the change's transaction."""
+    if not events:
+        return
+    for recorder, _, _, after_commit in _recorders:
+        if recorder(events):
+            transaction.on_commit(after_commit)
+    recorded_progress({event.flow_id for event in events if event.name in _PROGRESS_EVENTS})
+
+
+def recorder_sql_arms(source: str) -> list[str]:
+    """The ``WITH`` arms (``rec0 AS (...)``, ...) of every recorder, reading job changes from ``source``.
+
+    Each arm's ``RETURNING`` yields one row per record written.
+    """
+    return [f"rec{index} AS ({sql_arm(source)})" for index, (_, _, sql_arm, _) in enumerate(_recorders)]
+
+
+def recorded_by_sql(flow_id: str) -> None:
+    """After a statement whose recorder arms wrote records of a job change of ``flow_id``."""
+    for *_, after_commit in _recorders:
+        transaction.on_commit(after_commit)
+    recorded_progress({flow_id})
+
+
+def recorded_progress(flow_ids: set[str]) -> None:
+    """After commit, let the coalesced flow progress of these flows reach the recorders that want it.
+
+    When nobody listens (``live()`` off) ``publish`` is not called, so a change whose
+    events were recorded says so here.
+    """
+    if flow_ids and not live() and recording(FlowEvent.PROGRESS):
+        transaction.on_commit(lambda: _coalescer.touch(set(flow_ids)))
+
+
 def _send_to_channel_layer(events: list[Event]) -> None:
+    if not live():
+        return  # published for the recorders' flow progress only: nobody listens
     batch = [(group, message) for event in events for message in (event.message(),) for group in event.groups()]
     _get_publisher().send(batch)
 
@@ -478,6 +555,9 @@ def flow_created(flow: Any, jobs: list[Any]) -> None:
     from flows import selectors
     from jobs.selectors import JOB_STATE_FIELDS
 
+    if recording(FlowEvent.CREATED):
+        record([Event(name=FlowEvent.CREATED, data={"flowId": flow.pk, "status": flow.status}, flow_id=flow.pk,
+                      owner_id=flow.owner_id)])
     if not flow.event_seq:
         return  # created unnumbered: nobody was listening (``flows.services.flow_create``)
     row = {field: getattr(flow, field) for field in selectors.FLOW_FIELDS}
@@ -508,14 +588,19 @@ def _final_event(flow_id: str) -> Event | None:
     return Event(name=name, data=data, flow_id=flow_id, owner_id=row["owner_id"])
 
 
-def flow_settled(flow_id: str) -> None:
-    """Publish, after commit, the final event of a flow just settled with its number taken.
+def flow_settled(flow_id: str, *, numbered: bool = True) -> None:
+    """Record, and publish after commit, the final event of a flow just settled.
 
     ``flows.status.flow_settle(numbered=True)`` took the number in the update that
-    settled the flow, in this transaction: one read builds the event.
+    settled the flow, in this transaction: one read builds the event. Unnumbered
+    (nobody listens), it is only recorded.
     """
     event = _final_event(flow_id)
-    if event is not None:
+    if event is None:
+        return
+    if recording(event.name):
+        record([event])
+    if numbered:
         transaction.on_commit(lambda: publish([event]))
 
 
@@ -534,9 +619,10 @@ class Outbox:
     def __init__(self) -> None:
         self._items: list[tuple[str, FlowEvent, dict[str, Any], bool]] = []
         self.live = live()  # once for the whole transaction
+        self.recording = recording()
 
     def add(self, flow_id: str | None, name: FlowEvent, data: dict[str, Any], *, broadcast: bool = True) -> None:
-        if flow_id and self.live:
+        if flow_id and (self.live or self.recording):
             self._items.append((flow_id, name, data, broadcast))
 
     def job_updated(self, **fields: Any) -> None:
@@ -550,8 +636,16 @@ class Outbox:
             self.add(flow_id, event.name, event.data)
 
     def close(self) -> list[Event]:
-        """Number the events (one locked update per flow) and publish them after commit."""
+        """Number the events (one locked update per flow), record them, and publish them after commit.
+
+        Nobody listening, they are recorded unnumbered, and neither numbered nor published.
+        """
         if not self._items:
+            return []
+        if not self.live:
+            record([Event(name=name, data=data, flow_id=flow_id, owner_id=0, broadcast=broadcast)
+                    for flow_id, name, data, broadcast in self._items])
+            self._items = []
             return []
         counts: dict[str, int] = {}
         for flow_id, *_ in self._items:
@@ -566,6 +660,8 @@ class Outbox:
             data["seq"] = next_seq[flow_id]
             next_seq[flow_id] += 1
             built.append(Event(name=name, data=data, flow_id=flow_id, owner_id=taken[flow_id][1], broadcast=broadcast))
+        if self.recording:
+            record(built)  # not a closed flow's final event told again (below): recorded once
         for flow_id, (_, _, again) in taken.items():
             if again is not None and (event := final_event_again(flow_id, again)) is not None:
                 built.append(event)
@@ -635,7 +731,7 @@ class _Coalescer:
 
     def send(self, flow_ids: set[str]) -> set[str]:
         """Send the progress of these flows now; return those to try again later."""
-        flow_ids = _listened(flow_ids)
+        flow_ids = _interested(flow_ids)
         later = set()
         if not settings.EMBEDDED and flow_ids:
             flow_ids, later = _claim_turns(flow_ids)
@@ -648,7 +744,7 @@ class _Coalescer:
         with self._wake:
             due, self._due = self._due, set()
         if due:
-            publish_now(flow_progress_events(_listened(due)))
+            publish_now(flow_progress_events(_interested(due)))
 
 
 _coalescer = _Coalescer()
@@ -698,7 +794,14 @@ def flow_progress_events(flow_ids: set[str]) -> list[Event]:
             built.append(
                 Event(name=FlowEvent.PROGRESS, data=progressed, flow_id=flow_id, owner_id=owner_id, broadcast=False)
             )
+        if recording(FlowEvent.PROGRESS):
+            record([event for event in built if event.name == FlowEvent.PROGRESS])
     return built
+
+
+def _interested(flow_ids: set[str]) -> set[str]:
+    """The flows whose progress somebody wants: all of them while a recorder wants progress, else the listened ones."""
+    return set(flow_ids) if recording(FlowEvent.PROGRESS) else _listened(flow_ids)
 
 
 def _listened(flow_ids: set[str]) -> set[str]:

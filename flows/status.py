@@ -58,17 +58,26 @@ _running_flows: set[str] = set()
 _RUNNING_CACHE_LIMIT = 10_000
 
 
-def flow_mark_running(*, flow_id: str) -> None:
-    """Move a flow ``pending -> running`` when its first job starts (at most once per process)."""
+def flow_known_running(flow_id: str) -> bool:
+    """Whether this process has already seen the flow running (``flow_mark_running`` would do nothing)."""
+    return flow_id in _running_flows
+
+
+def flow_mark_running(*, flow_id: str) -> bool:
+    """Move a flow ``pending -> running`` when its first job starts (at most once per process).
+
+    True if this call moved it.
+    """
     if flow_id in _running_flows:
-        return
+        return False
     now = timezone.now()
-    Flow.objects.filter(pk=flow_id, status=FlowStatus.PENDING).update(
+    changed = Flow.objects.filter(pk=flow_id, status=FlowStatus.PENDING).update(
         status=FlowStatus.RUNNING, started_at=now, updated_at=now
     )
     if len(_running_flows) >= _RUNNING_CACHE_LIMIT:
         _running_flows.clear()
     _running_flows.add(flow_id)
+    return bool(changed)
 
 
 def flow_job_counts(*, flow_id: str) -> tuple[dict[str, int], int]:

@@ -31,3 +31,15 @@ def _schedule_sweeps(sender: Celery, **kwargs) -> None:
         sender.signature(SWEEP_TASK, options={"queue": SWEEP_QUEUE, "routing_key": SWEEP_QUEUE, "expires": interval}),
         name="flowsite sweep: lost runs and stranded jobs",
     )
+    # Webhook deliveries the engine wrote but nobody asked to send (a process died
+    # after its commit), retries whose message was lost, leases that ran out.
+    from jobs.vocabulary import WEBHOOK_DISPATCH_TASK, WEBHOOK_QUEUE
+
+    sender.add_periodic_task(
+        interval,
+        sender.signature(
+            WEBHOOK_DISPATCH_TASK, kwargs={"sweep": True},
+            options={"queue": WEBHOOK_QUEUE, "routing_key": WEBHOOK_QUEUE, "expires": interval},
+        ),
+        name="flowsite sweep: webhook deliveries",
+    )

@@ -41,10 +41,12 @@ class _Sweeper:
         from django.db import connections
 
         from jobs.sweeps import sweep
+        from webhooks.services import deliveries_dispatch
 
         while not self.stopped.wait(settings.FLOWSITE_SWEEP_INTERVAL):
             try:
                 sweep()
+                deliveries_dispatch(sweep=True)
             except Exception:
                 logger.warning("The sweep failed; it runs again in %s s", settings.FLOWSITE_SWEEP_INTERVAL,
                                exc_info=True)
@@ -76,10 +78,13 @@ class EmbeddedWorker:
 
 
 def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int | None = None) -> EmbeddedWorker:
-    """Start a Celery worker thread consuming ``queues`` (default: ``FLOWSITE_QUEUES``), and the sweeps."""
+    """Start a Celery worker thread consuming ``queues`` (default: the worked queues,
+    ``jobs.queues.worked_queues``, and the webhook deliveries'), and the sweeps."""
     from jobs import liveness
     from jobs.queues import worked_queues
+    from jobs.vocabulary import WEBHOOK_QUEUE
 
+    consumed = queues or [*worked_queues(), WEBHOOK_QUEUE]
     queues = queues or worked_queues()
     liveness.set_queues(queues)
     liveness.this_worker()
@@ -88,7 +93,7 @@ def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int |
         hostname=f"embedded-{threading.get_native_id()}@flowsite",
         pool="threads",
         concurrency=concurrency or settings.FLOWSITE_EMBEDDED_CONCURRENCY,
-        queues=queues,
+        queues=consumed,
         loglevel=logging.WARNING,
         without_heartbeat=True,
         without_mingle=True,
@@ -98,5 +103,5 @@ def start_embedded_worker(*, queues: list[str] | None = None, concurrency: int |
     thread.start()
     if not controller.ready.wait(30):
         raise RuntimeError("The embedded Celery worker did not start within 30 s")
-    logger.debug("Embedded worker consuming %s", ", ".join(queues))
+    logger.debug("Embedded worker consuming %s", ", ".join(consumed))
     return EmbeddedWorker(controller=controller, thread=thread, sweeper=_Sweeper())

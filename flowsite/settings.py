@@ -376,6 +376,26 @@ if FLOWSITE_HEARTBEAT_SECONDS * 2 > FLOWSITE_STALLED_AFTER:
         "or a live worker could be taken for a dead one between two heartbeats."
     )
 
+# WEBHOOKS
+# ------------------------------------------------------------------------------
+# Outgoing webhook deliveries (``webhooks``): timeouts of one POST, in seconds; the
+# delays between attempts (seconds, each with +-20% jitter; attempts = delays + 1,
+# default 6 attempts over about an hour); the most deliveries a webhook may have
+# pending (beyond it, the newest are recorded failed); and whether targets may be
+# private, loopback or link-local addresses (development and tests only).
+FLOWSITE_WEBHOOK_CONNECT_TIMEOUT = env_int("FLOWSITE_WEBHOOK_CONNECT_TIMEOUT", 3, minimum=1)
+FLOWSITE_WEBHOOK_READ_TIMEOUT = env_int("FLOWSITE_WEBHOOK_READ_TIMEOUT", 10, minimum=1)
+try:
+    FLOWSITE_WEBHOOK_RETRY_DELAYS = [
+        int(value) for value in env.list("FLOWSITE_WEBHOOK_RETRY_DELAYS", default=["5", "30", "120", "600", "2700"])
+    ]
+except ValueError:
+    raise ImproperlyConfigured("FLOWSITE_WEBHOOK_RETRY_DELAYS must be comma-separated integers (seconds).") from None
+if any(delay < 0 for delay in FLOWSITE_WEBHOOK_RETRY_DELAYS):
+    raise ImproperlyConfigured("FLOWSITE_WEBHOOK_RETRY_DELAYS must not be negative.")
+FLOWSITE_WEBHOOK_MAX_PENDING = env_int("FLOWSITE_WEBHOOK_MAX_PENDING", 10_000, minimum=1)
+FLOWSITE_WEBHOOK_ALLOW_PRIVATE = env_bool("FLOWSITE_WEBHOOK_ALLOW_PRIVATE", False)
+
 # REST FRAMEWORK
 # ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -9,6 +9,7 @@ from rest_framework.routers import SimpleRouter
 from flowsite.api import not_found
 from flows.views import FlowViewSet
 from jobs.views import DashboardView, QueueJobViewSet, QueueViewSet
+from webhooks.views import DeliveryViewSet, WebhookViewSet
 
 
 def health(request):
@@ -27,6 +28,8 @@ router = OptionalSlashRouter()
 router.register("flows", FlowViewSet, basename="flow")
 router.register(r"jobs/(?P<queue_name>[^/]+)", QueueJobViewSet, basename="queue-job")
 router.register("queues", QueueViewSet, basename="queue")
+router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("deliveries", DeliveryViewSet, basename="delivery")
 
 api_urls = [
     path("", include(router.urls)),

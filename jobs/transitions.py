@@ -41,6 +41,7 @@ from jobs.vocabulary import (
     STARTABLE_JOB_STATUSES,
     FailurePolicy,
     FlowEvent,
+    FlowStatus,
     JobStatus,
 )
 
@@ -176,6 +177,50 @@ _COMPLETE_SYNC_SQL = _COMPLETE_SQL.format(with_relaxed="WITH ", relaxed="")
 _COMPLETE_RELAXED_SQL = _COMPLETE_SQL.format(with_relaxed=f"WITH {_RELAXED}, ", relaxed=f"AND {_IS_RELAXED} ")
 
 
+# While a recorder (webhooks) wants a job's change, the same statement also hands it to
+# the recorder's own arms (``events.recorder_sql_arms``): the CTE ``ev`` holds the change
+# (``events.RECORDED_JOB_COLUMNS``), and the last column counts what they wrote. Still
+# one statement per transition, committed the same way.
+_START_EVENT_ARM = (
+    "ev AS (SELECT started.flow_id, %s::text AS job_id, started.queue_name, jsonb_build_object("
+    "'flowId', started.flow_id, 'jobId', %s::text, 'name', started.name, 'queueName', started.queue_name, "
+    "'jobStatus', %s::text, 'attemptsMade', started.attempts_made) AS data, %s::text AS status "
+    "FROM started WHERE started.flow_id IS NOT NULL)"
+)
+_COMPLETE_EVENT_ARM = (
+    "ev AS (SELECT %s::text AS flow_id, %s::text AS job_id, %s::text AS queue_name, %s::jsonb AS data, "
+    "%s::text AS status FROM done)"
+)
+
+
+def _with_recorders(sql: str, event_arm: str, final_select: str, last_column: str) -> str:
+    """``sql`` with the change as ``ev`` and the recorders' arms before its final ``SELECT``,
+    which gets one more column (after ``last_column``): the number of records written."""
+    head, tail = sql.split(final_select, 1)
+    arms = events.recorder_sql_arms("ev")
+    counted = " + ".join(f"(SELECT count(*) FROM rec{index})" for index in range(len(arms))) or "0"
+    assert tail.count(last_column) == 1
+    tail = tail.replace(last_column, f"{last_column}, {counted}")
+    return f"{head}, {', '.join([event_arm, *arms])} {final_select}{tail}"
+
+
+_recorded_sql: dict[str, str] = {}
+
+
+def _recorded(name: str, sql: str) -> str:
+    """The recorded variant of one of the statements above (built once the recorders are known)."""
+    if name not in _recorded_sql:
+        if name.startswith("start"):
+            _recorded_sql[name] = _with_recorders(
+                sql, _START_EVENT_ARM, f"SELECT {_START_COLUMNS}, seq.event_seq", "seq.closed"
+            )
+        else:
+            _recorded_sql[name] = _with_recorders(
+                sql, _COMPLETE_EVENT_ARM, "SELECT (SELECT count(*) FROM done)", "(SELECT closed FROM seq)"
+            )
+    return _recorded_sql[name]
+
+
 def _relax_commits() -> bool:
     return connection.vendor == "postgresql" and not connection.in_atomic_block
 
@@ -235,21 +280,57 @@ def job_start(*, job_id: str, redelivered: bool = False, lost_on: str | None = N
     if job.flow_id:
         if row[9] is not None:
             _send_numbered(job, JobStatus.ACTIVE, numbers=row[9:12])
-        flow_status.flow_mark_running(flow_id=job.flow_id)
+        _mark_flow_running(job.flow_id)
     return job
 
 
+def _mark_flow_running(flow_id: str) -> None:
+    """``flows.status.flow_mark_running``; recorders that want the move (webhooks' ``delta``) get it with it."""
+    if flow_status.flow_known_running(flow_id):
+        return
+    if not events.recording(FlowEvent.UPDATED, FlowStatus.RUNNING):
+        flow_status.flow_mark_running(flow_id=flow_id)
+        return
+    with transaction.atomic():
+        if flow_status.flow_mark_running(flow_id=flow_id):
+            events.record([events.Event(name=FlowEvent.UPDATED, data={"flowId": flow_id, "status": FlowStatus.RUNNING},
+                                        flow_id=flow_id, owner_id=0)])
+
+
 def _start_row(job_id: str) -> tuple | None:
-    """The start statement; its row ends with the event numbers (``_send_numbered``), all None unnumbered."""
+    """The start statement; its row ends with the event numbers (``_send_numbered``), all None unnumbered.
+
+    Recorders that want the start get it in the same statement (PostgreSQL) or transaction.
+    """
     params = [JobStatus.ACTIVE, timezone.now(), liveness.this_worker(), job_id, *_STARTABLE]
+    recording = events.recording(FlowEvent.JOB_UPDATED, JobStatus.ACTIVE)
     if connection.vendor == "postgresql":
-        row = _fetch_one(_START_RELAXED_SQL if _relax_commits() else _START_SYNC_SQL, [*params, events.live()])
+        relax = _relax_commits()
+        sql = _START_RELAXED_SQL if relax else _START_SYNC_SQL
+        params = [*params, events.live()]
+        if recording:
+            sql = _recorded("start-relaxed" if relax else "start-sync", sql)
+            params += [job_id, job_id, JobStatus.ACTIVE, JobStatus.ACTIVE]
+        row = _fetch_one(sql, params)
+        if recording and row is not None and row[12]:
+            events.recorded_by_sql(row[4])
         return row and (*row[:9], *_numbers(*row[9:12]))
     with transaction.atomic():
         row = _fetch_one(_START_PLAIN_SQL, params)
+        if row is not None and row[4] is not None and recording:
+            _record_job_event(job_id, row[4], row[0], row[1], JobStatus.ACTIVE, row[6])
         if row is None or row[4] is None or not events.live():
             return row and (*row, None, None, None)
         return (*row, *events.take_seqs({row[4]: 1}).get(row[4], (None, None, None)))
+
+
+def _record_job_event(job_id: str, flow_id: str, name: str, queue_name: str, status: str, attempts_made: int,
+                      **outcome: Any) -> None:
+    """Hand one job's change to the recorders, in the current transaction."""
+    data = events.job_updated_data(flow_id=flow_id, job_id=job_id, name=name, queue_name=queue_name, status=status,
+                                   attempts_made=attempts_made, **outcome)
+    events.record([events.Event(name=FlowEvent.JOB_UPDATED, data=data, flow_id=flow_id, owner_id=0)])
+
 
 
 def _numbers(seq: int | None, owner_id: int | None, closed: bool | None) -> tuple[int | None, int | None, int | None]:
@@ -378,20 +459,29 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
     now = timezone.now()
     encoded = json.dumps(result)
     ready: JobRef | None = None
+    recording = bool(job.flow_id) and events.recording(FlowEvent.JOB_UPDATED, JobStatus.COMPLETED)
     if connection.vendor == "postgresql" and job.parent_id:
         relax = _relax_commits()
-        row = _fetch_one(
-            _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL,
-            [
-                JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
-                JobStatus.WAITING, redispatch_at(now=now), job.parent_id, JobStatus.WAITING_CHILDREN, events.live(),
-                job.flow_id,
-            ],
-        )
+        sql = _COMPLETE_RELAXED_SQL if relax else _COMPLETE_SYNC_SQL
+        params = [
+            JobStatus.COMPLETED, encoded, now, job.id, JobStatus.ACTIVE,
+            JobStatus.WAITING, redispatch_at(now=now), job.parent_id, JobStatus.WAITING_CHILDREN, events.live(),
+            job.flow_id,
+        ]
+        if recording:
+            sql = _recorded("complete-relaxed" if relax else "complete-sync", sql)
+            data = events.job_updated_data(
+                flow_id=job.flow_id, job_id=job.id, name=job.name, queue_name=job.queue_name,
+                status=JobStatus.COMPLETED, attempts_made=job.attempts_made, result=result,
+            )
+            params += [job.flow_id, job.id, job.queue_name, json.dumps(data), JobStatus.COMPLETED]
+        row = _fetch_one(sql, params)
         if relax:
             _wait_for_flush()
         if not row[0]:
             return False
+        if recording and row[7]:
+            events.recorded_by_sql(job.flow_id)
         if row[1] == JobStatus.WAITING:
             ready = JobRef(id=job.parent_id, queue_name=row[2], opts=load_json(row[3]) or {})
         if row[4] is not None:
@@ -407,6 +497,9 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
                 )
                 if cursor.rowcount != 1:
                     return False
+            if recording:
+                _record_job_event(job.id, job.flow_id, job.name, job.queue_name, JobStatus.COMPLETED,
+                                  job.attempts_made, result=result)
             if job.parent_id:
                 ready = _release_parent(job.parent_id)
             if job.flow_id and events.live():
@@ -423,10 +516,11 @@ def job_complete(*, job: StartedJob, result: Any) -> bool:
 def settle_flow(*, flow_id: str) -> str | None:
     """``flows.status.flow_settle``, with its ``flow:completed``/``flow:failed`` event."""
     numbered = events.live()
+    recording = events.recording()
     with transaction.atomic():
         status = flow_status.flow_settle(flow_id=flow_id, numbered=numbered)
-        if status is not None and numbered:
-            events.flow_settled(flow_id)
+        if status is not None and (numbered or recording):
+            events.flow_settled(flow_id, numbered=numbered)
     return status
 
 

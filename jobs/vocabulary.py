@@ -161,3 +161,27 @@ CANCEL_CHANNEL = "flowsite.cancel"
 # The legacy service's response messages, which its clients may show or compare.
 FLOW_CREATED_MESSAGE = "Flow created successfully"
 FLOW_UPDATED_MESSAGE = "Flow updated successfully"
+
+# WEBHOOKS (``webhooks``)
+# Deliveries run on WEBHOOK_QUEUE (above): no job may be sent to it, so a slow target
+# never holds up jobs, nor jobs the deliveries.
+# Celery tasks: send one delivery (then the next ones of its webhook and flow, in
+# order), and publish the deliveries that are due (after commits; beat, as a sweep).
+WEBHOOK_DELIVER_TASK = "webhooks.deliver"
+WEBHOOK_DISPATCH_TASK = "webhooks.dispatch"
+# The ``type`` of a test delivery (``POST /api/webhooks/{id}/test``); nobody subscribes to it.
+WEBHOOK_PING = "ping"
+# Which subscriptions receive an event of each type: a finished job or flow is also a
+# status change (``delta``), and ``all`` receives everything.
+WEBHOOK_SUBSCRIBERS: dict[str, frozenset[str]] = {
+    WebhookEvent.PROGRESS: frozenset({WebhookEvent.PROGRESS, WebhookEvent.ALL}),
+    WebhookEvent.COMPLETED: frozenset({WebhookEvent.COMPLETED, WebhookEvent.DELTA, WebhookEvent.ALL}),
+    WebhookEvent.FAILED: frozenset({WebhookEvent.FAILED, WebhookEvent.DELTA, WebhookEvent.ALL}),
+    WebhookEvent.DELTA: frozenset({WebhookEvent.DELTA, WebhookEvent.ALL}),
+}
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"

@@ -124,7 +124,9 @@ def run_server(env: dict[str, str], directory: Path, *, worker: bool = False) ->
     server = LiveServer(free_port(), directory / "server.log", env)
     with open(server.log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "up", *([] if worker else ["--no-worker"]), "--no-beat", "--workers", "1",
+            # No webhooks worker: webhook tests start theirs, with their own settings.
+            [sys.executable, "manage.py", "up", *([] if worker else ["--no-worker"]), "--no-beat",
+             "--no-webhook-worker", "--workers", "1",
              "--port", str(server.port), "--admin-user", "live-server-admin"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )

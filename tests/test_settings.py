@@ -116,3 +116,20 @@ def test_a_default_job_timeout_over_the_maximum_is_an_error(tmp_path):
 
     assert result.returncode != 0
     assert "FLOWSITE_DEFAULT_JOB_TIMEOUT must be at most FLOWSITE_MAX_JOB_TIMEOUT" in result.stderr
+
+
+def test_webhook_settings_have_defaults_and_refuse_junk(tmp_path):
+    check = ("import django; django.setup(); from django.conf import settings as s; "
+             "print(s.FLOWSITE_WEBHOOK_CONNECT_TIMEOUT, s.FLOWSITE_WEBHOOK_READ_TIMEOUT, s.FLOWSITE_WEBHOOK_RETRY_DELAYS, "
+             "s.FLOWSITE_WEBHOOK_MAX_PENDING, s.FLOWSITE_WEBHOOK_ALLOW_PRIVATE)")
+
+    defaults = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_ALLOW_PRIVATE="")
+    junk = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_RETRY_DELAYS="5,soon")
+    negative = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_RETRY_DELAYS="5,-1")
+    allowed = load_settings(tmp_path, check, FLOWSITE_WEBHOOK_ALLOW_PRIVATE="1", FLOWSITE_WEBHOOK_READ_TIMEOUT="2")
+
+    assert defaults.returncode == 0, defaults.stderr
+    assert defaults.stdout.strip() == "3 10 [5, 30, 120, 600, 2700] 10000 False"
+    assert junk.returncode != 0 and "FLOWSITE_WEBHOOK_RETRY_DELAYS must be comma-separated integers" in junk.stderr
+    assert negative.returncode != 0 and "must not be negative" in negative.stderr
+    assert allowed.stdout.split()[1] == "2" and allowed.stdout.split()[-1] == "True"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from jobs.queues import external_queues, worked_queues
 # Embedded mode only: the generated admin password, readable by the local user alone (0600),
 # for whoever missed it in the first start's output. Removed once the password is changed.
 ADMIN_PASSWORD_FILE = "admin-password"
+# Threads of the webhook worker ``up`` starts: deliveries in flight at once.
+WEBHOOK_WORKER_THREADS = 8
 # How long a stop waits for open requests before cancelling them.
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
@@ -43,13 +46,18 @@ class Command(BaseCommand):
             "(run `celery -A flowsite beat` elsewhere).",
         )
         parser.add_argument(
+            "--no-webhook-worker", action="store_true",
+            help="Service mode: do not start the Celery worker that sends webhook deliveries "
+            "(run `celery -A flowsite worker -Q webhooks -P threads` elsewhere).",
+        )
+        parser.add_argument(
             "--workers", type=int, default=None, metavar="N",
             help="Web server processes (service mode only; default: WEB_CONCURRENCY, or twice the CPU count).",
         )
 
     def handle(
         self, *args, host: str, port: int, admin_user: str, no_worker: bool, no_beat: bool, workers: int | None,
-        **options,
+        no_webhook_worker: bool = False, **options,
     ) -> None:
         import uvicorn
         from rest_framework.settings import api_settings
@@ -85,6 +93,9 @@ class Command(BaseCommand):
         beat = None
         if not settings.EMBEDDED and not no_beat:
             beat = self._start_beat()
+        hooks = None
+        if not settings.EMBEDDED and not no_webhook_worker:
+            hooks = self._start_webhook_worker()
         mode = "embedded (SQLite, on-disk broker)" if settings.EMBEDDED else "service (PostgreSQL/Redis)"
         processes = f", {workers} web processes" if workers > 1 else ""
         self.stdout.write(
@@ -110,12 +121,14 @@ class Command(BaseCommand):
         finally:
             if worker is not None:
                 worker.stop()
-            if beat is not None:
-                beat.terminate()
+            for process in (beat, hooks):
+                if process is None:
+                    continue
+                process.terminate()
                 try:
-                    beat.wait(GRACEFUL_SHUTDOWN_SECONDS)
+                    process.wait(GRACEFUL_SHUTDOWN_SECONDS)
                 except subprocess.TimeoutExpired:
-                    beat.kill()
+                    process.kill()
 
     def _start_beat(self) -> subprocess.Popen:
         """Celery beat, which sends the sweeps (``jobs.sweeps``) every ``FLOWSITE_SWEEP_INTERVAL``.
@@ -128,6 +141,22 @@ class Command(BaseCommand):
              str(schedule)],
         )
         self.stdout.write(f"Celery beat running (pid {process.pid}): sweeps every {settings.FLOWSITE_SWEEP_INTERVAL} s")
+        return process
+
+    def _start_webhook_worker(self) -> subprocess.Popen:
+        """A Celery worker for the webhooks queue only, in threads (sending is waiting on the network).
+
+        Apart from the job workers, so a slow target never holds up a job. Several ``up``
+        processes each start one: deliveries are claimed one at a time.
+        """
+        from jobs.vocabulary import WEBHOOK_QUEUE
+
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "flowsite", "worker", "-Q", WEBHOOK_QUEUE, "-P", "threads",
+             "-c", str(WEBHOOK_WORKER_THREADS), "-n", f"webhooks-{os.getpid()}@%h", "--loglevel", "warning",
+             "--without-mingle", "--without-gossip"],
+        )
+        self.stdout.write(f"Webhook worker running (pid {process.pid}) on queue {WEBHOOK_QUEUE}")
         return process
 
     def _ensure_admin(self, username: str) -> None:
