@@ -111,7 +111,7 @@ def test_a_failure_and_a_cancellation_are_delivered(user):
     assert failed.status == FlowStatus.FAILED
     failures = rows(made["failed"])
     assert [("jobId" in r.data, r.data["status"]) for r in failures] == [(True, "failed"), (False, "failed")]
-    assert "Job test-fail" in failures[1].data["error"]
+    assert failures[1].data["error"]["message"].startswith("Job test-fail") and failures[1].data["error"]["type"] == "ValueError"  # the REST error object
     cancelled = [r.data for r in rows(made["delta"]) if r.flow_id == waiting.pk]
     assert cancelled[-1] == {"flowId": waiting.pk, "status": "cancelled", "seq": cancelled[-1]["seq"]}
     assert any(d.get("jobId") and d["status"] == "cancelled" for d in cancelled)
