@@ -261,3 +261,13 @@ def viewer(operator):
     from tests.factories import grant
 
     return grant(operator, "flows.view_flow", "jobs.view_job")
+
+
+@pytest.fixture
+def receiver():
+    """A local HTTP server that records the webhook deliveries it gets (``tests.webhook_receiver``)."""
+    from tests.webhook_receiver import start_receiver, stop_receiver
+
+    server = start_receiver()
+    yield server
+    stop_receiver(server)

@@ -16,7 +16,7 @@ import pytest
 from flows.services import flow_create
 from jobs.vocabulary import DeliveryStatus, FlowStatus, JobStatus, WebhookEvent
 from tests.conftest import wait_for, wait_for_flow
-from tests.webhook_receiver import Reply, start_receiver, stop_receiver
+from tests.webhook_receiver import Reply, stop_receiver
 from tests.webhook_workers import kill, start_webhook_worker
 from webhooks import services
 from webhooks.models import Delivery, Webhook, new_secret
@@ -30,13 +30,6 @@ def webhook_worker(celery_workers):
     process = start_webhook_worker("webhooks-test", allow_private=True)
     yield process
     kill(process)
-
-
-@pytest.fixture
-def receiver():
-    server = start_receiver()
-    yield server
-    stop_receiver(server)
 
 
 @pytest.fixture(autouse=True)

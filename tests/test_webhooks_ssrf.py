@@ -12,7 +12,6 @@ from django.utils import timezone
 
 from jobs.vocabulary import WEBHOOK_QUEUE, DeliveryStatus, WebhookEvent
 from tests.conftest import wait_for
-from tests.webhook_receiver import start_receiver, stop_receiver
 from tests.webhook_workers import kill, start_webhook_worker
 from webhooks.models import Delivery, Webhook, event_mask
 from webhooks.tasks import dispatch
@@ -25,13 +24,6 @@ def guarded_worker(celery_workers):
     process = start_webhook_worker("webhooks-guarded", allow_private=False)
     yield process
     kill(process)
-
-
-@pytest.fixture
-def receiver():
-    server = start_receiver()
-    yield server
-    stop_receiver(server)
 
 
 @pytest.mark.parametrize(
