@@ -63,6 +63,12 @@ def visible(queryset: QuerySet, user: AbstractBaseUser) -> QuerySet:
     return queryset if sees_all(user, queryset.model) else queryset.filter(owner_id=user.pk)
 
 
+def may_change_all(user: AbstractBaseUser, model: type[Model]) -> bool:
+    """Whether ``user`` may change what belongs to nobody, such as a queue (``jobs.QueueState``):
+    superusers, and staff with the model's ``change`` permission."""
+    return _has(user, model, Action.CHANGE)
+
+
 def may(user: AbstractBaseUser, obj: Model, action: Action, *, model: type[Model] | None = None) -> bool:
     """Whether ``user`` may do ``action`` to ``obj`` (a flow or job), judged by ``model``'s permission."""
     if obj.owner_id == user.pk:

@@ -7,16 +7,16 @@ from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound
-from rest_framework.permissions import IsAdminUser, IsAuthenticated
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.permissions import Action, authorize
+from accounts.permissions import Action, authorize, may_change_all
 from flows.services import flow_retry
 from flows.selectors import flow_status_counts, flows_created_per_hour
 from jobs import selectors, services
 from jobs.filters import JobFilter
-from jobs.models import Job
+from jobs.models import Job, QueueState
 from jobs.queues import job_queues, unknown_queue_message
 from jobs.vocabulary import FLOW_UPDATED_MESSAGE, ID_PATTERN
 from jobs.serializers import (
@@ -114,15 +114,24 @@ class QueueJobViewSet(viewsets.GenericViewSet):
         return Response(_payload(job))
 
 
+class MayChangeQueues(BasePermission):
+    """Pausing and resuming a queue: superusers, and staff with ``jobs.change_queuestate`` (as in the admin)."""
+
+    message = "Pausing and resuming queues needs the permission jobs.change_queuestate."
+
+    def has_permission(self, request, view) -> bool:
+        return may_change_all(request.user, QueueState)
+
+
 class QueueViewSet(viewsets.ViewSet):
-    """The allowed queues, with a job count per status; staff pause and resume them."""
+    """The allowed queues, with a job count per status; pausing and resuming needs ``MayChangeQueues``."""
 
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
 
     def get_permissions(self):
         if self.action in ("pause", "resume"):
-            return [IsAuthenticated(), IsAdminUser()]
+            return [IsAuthenticated(), MayChangeQueues()]
         return [IsAuthenticated()]
 
     @extend_schema(responses={200: QueueOutputSerializer(many=True), **error_responses(401)}, tags=["queues"])

@@ -8,7 +8,7 @@ from flows.models import Flow
 from jobs.models import Job
 from jobs.vocabulary import FlowStatus, JobStatus
 from tests.conftest import token_client, wait_for, wait_for_flow
-from tests.factories import make_flow
+from tests.factories import grant, make_flow
 
 
 @pytest.mark.django_db
@@ -108,18 +108,21 @@ def _fail_the_first_child(flow: Flow, error: str) -> None:
 
 
 @pytest.mark.django_db
-def test_queues_list_counts_only_the_users_jobs_and_only_staff_pause(api, user, other_user, staff_user):
+def test_queues_list_counts_only_the_users_jobs_and_only_queue_managers_pause(api, user, other_user, staff_user):
     make_flow(user, children=2, queue="video")
     _fail_the_first_child(make_flow(other_user, children=3, queue="video"), "their failure")
 
     queues = {queue["name"]: queue for queue in api.get("/api/queues").json()}
     pause = api.post("/api/queues/video/pause")
-    staff_pause = token_client(staff_user).post("/api/queues/video/pause/")
-    unknown = token_client(staff_user).post("/api/queues/nowhere/pause")
+    bare_staff_pause = token_client(staff_user).post("/api/queues/video/pause/")  # staff without the permission
+    manager = token_client(grant(staff_user, "jobs.change_queuestate"))
+    staff_pause = manager.post("/api/queues/video/pause/")
+    unknown = manager.post("/api/queues/nowhere/pause")
 
     assert set(queues) == {"default", "video", "image", "alt", "isolated"}
     assert queues["video"]["counts"] == counts(WAITING=2, WAITING_CHILDREN=1)
     assert pause.status_code == 403
+    assert bare_staff_pause.status_code == 403 and "jobs.change_queuestate" in bare_staff_pause.json()["error"]
     # Pausing is global: every user's waiting jobs of the queue are parked.
     assert staff_pause.status_code == 200 and staff_pause.json() == {"name": "video", "paused": True, "jobsAffected": 4}
     assert unknown.status_code == 404
@@ -189,7 +192,7 @@ def test_retry_of_a_failed_standalone_job_through_the_queue_route(engine_db, use
 
 
 def test_a_paused_queue_holds_its_jobs_until_resumed(engine_db, user, staff_user):
-    api, staff = token_client(user), token_client(staff_user)
+    api, staff = token_client(user), token_client(grant(staff_user, "jobs.change_queuestate"))
     assert staff.post("/api/queues/alt/pause").status_code == 200
     try:
         job_id = api.post("/api/jobs/alt", {"name": "test-value", "data": {"value": 9}}, format="json").json()["jobId"]
