@@ -16,6 +16,14 @@ class JobFilter(django_filters.FilterSet):
         },
     )
     flowId = django_filters.CharFilter(field_name="flow_id")
+    # Newest first by default; ``ordering=createdAt`` gives the oldest first (an external worker's queue order).
+    ordering = django_filters.OrderingFilter(
+        fields=(
+            ("created_at", "createdAt"),
+            ("started_at", "startedAt"),
+            ("finished_at", "finishedAt"),
+        )
+    )
 
     class Meta:
         model = Job

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.db.models import F
 
 from flows.models import Flow
 from jobs.models import Job
@@ -24,6 +27,23 @@ def test_list_jobs_of_a_queue_with_filters(api, user, other_user):
     assert {job["queueName"] for job in everything["results"]} == {"video"}
     assert {job["flowId"] for job in everything["results"]} == {mine.pk}
     assert waiting["count"] == 2 and {job["status"] for job in waiting["results"]} == {JobStatus.WAITING}
+
+
+@pytest.mark.django_db
+def test_jobs_of_a_queue_are_listed_newest_first_or_oldest_first_on_request(api, user):
+    made = [api.post("/api/jobs/isolated", {"name": "test-value", "data": {"value": n}}, format="json").json()["jobId"]
+            for n in range(3)]
+    Job.objects.filter(pk=made[0]).update(created_at=F("created_at") - timedelta(seconds=2))
+    Job.objects.filter(pk=made[1]).update(created_at=F("created_at") - timedelta(seconds=1))
+
+    def ids(query: str) -> list[str]:
+        return [job["jobId"] for job in api.get(f"/api/jobs/isolated?status=waiting{query}").json()["results"]]
+
+    assert ids("") == made[::-1]
+    assert ids("&ordering=createdAt") == made  # an external worker takes the oldest first
+    assert ids("&ordering=-createdAt") == made[::-1]
+    refused = api.get("/api/jobs/isolated?ordering=name")
+    assert refused.status_code == 400 and "ordering" in refused.json()["details"]
 
 
 @pytest.mark.django_db
