@@ -94,13 +94,7 @@ def start_server(port: int, log_dir: Path) -> subprocess.Popen:
     raise RuntimeError("the server did not start within 60 s")
 
 
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+stop_server = bf.stop_process_group
 
 
 class Clients:

@@ -279,6 +279,17 @@ def stop_workers(workers: Workers) -> None:
             process.wait(5)
 
 
+def stop_process_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM a process started with ``start_new_session`` and its children; SIGKILL after ``grace``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
 # Shapes -------------------------------------------------------------------------
 
 

@@ -180,13 +180,6 @@ def start_webhook_worker(log_dir: Path) -> subprocess.Popen:
     return process
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def send_round(user, url: str, *, deliveries: int, webhooks: int, flows: int) -> tuple[float, float]:
@@ -239,7 +232,7 @@ def part_send(user, *, deliveries: int, repeat: int, url: str, log_dir: Path) ->
                 results.setdefault(name, []).append(rate)
                 log(f"  send {name}: {count} deliveries in {seconds:.2f} s, {rate:.0f}/s")
     finally:
-        stop(worker)
+        bf.stop_process_group(worker)
         clear_deliveries()
     return results
 
