@@ -291,21 +291,6 @@ def wait_until_nobody_listens(timeout: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def render_cost_cpu(rows: dict) -> str:
-    """CPU per job by process group (medians), and the share of the machine used by everything else."""
-    groups = bf.BENCH_GROUPS
-    lines = [
-        "| mode | shape | " + " | ".join(groups) + " | other load |",
-        "|---|---|" + "---:|" * (len(groups) + 1),
-    ]
-    for mode, shapes in rows.items():
-        for shape, runs in shapes.items():
-            cells = [statistics.median(1000 * m.cpu.get(g, 0.0) / m.jobs for m in runs) for g in groups]
-            other = statistics.median(m.foreign_load or 0.0 for m in runs)
-            lines.append(f"| {mode} | {shape} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {100 * other:.0f}% |")
-    return "\n".join(lines)
-
-
 def render_cost(rows: dict) -> str:
     def median(mode: str, shape: str) -> float | None:
         runs = rows.get(mode, {}).get(shape, [])
@@ -560,7 +545,7 @@ def main() -> None:
     if args.part in ("cost", "both"):
         rows = part_cost(user, token, repeat=args.repeat, watchers=args.watchers, log_dir=log_dir)
         out.append(render_cost(rows))
-        out.append("CPU ms per job by process group (web processes count as other load):\n" + render_cost_cpu(rows))
+        out.append("CPU ms per job by process group (web processes count as other load):\n" + bf.render_cost_cpu(rows))
     if args.part in ("latency", "both"):
         out.append(render_latency(part_latency(user, token, clients=args.clients, log_dir=log_dir), args.clients))
     if args.part == "fanout":

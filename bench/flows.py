@@ -949,6 +949,21 @@ def describe(m: Measurement) -> str:
     )
 
 
+def render_cost_cpu(rows: dict) -> str:
+    """CPU per job by process group (medians), and the share of the machine used by everything else."""
+    groups = BENCH_GROUPS
+    lines = [
+        "| mode | shape | " + " | ".join(groups) + " | other load |",
+        "|---|---|" + "---:|" * (len(groups) + 1),
+    ]
+    for mode, shapes in rows.items():
+        for shape, runs in shapes.items():
+            cells = [statistics.median(1000 * m.cpu.get(g, 0.0) / m.jobs for m in runs) for g in groups]
+            other = statistics.median(m.foreign_load or 0.0 for m in runs)
+            lines.append(f"| {mode} | {shape} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {100 * other:.0f}% |")
+    return "\n".join(lines)
+
+
 NOISY = 0.15  # a run during which other processes used more than this share of the machine is "noisy"
 RETRY_BUDGET = {"seconds": 45.0}
 

@@ -10,11 +10,15 @@ Needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379. From the project
 Part 1, cost (same run, the same two prefork workers as bench/flows.py, handlers
 doing nothing, events off so that only webhooks number them): shapes A (200 flows
 of 1+10) and B (1+2,000) with no webhook, then with ``--webhooks`` (default 10)
-active webhooks subscribed to ``all`` (every job status change, job and flow
-progress, flow ends: about 3 deliveries per job per webhook, all written in the
-engine's transactions), and with as many subscribed to ``completed`` only (a job's
-or flow's end: about 1 delivery per job per webhook). No webhooks worker runs meanwhile: the figure is what
-recording costs the engine; sending is part 2. Plain Celery chords run in the same
+active webhooks subscribed to ``completed`` only (a job's or flow's end: about 1
+event per job), then to ``all`` (every job status change, job and flow progress,
+flow ends: about 2-3 events per job). The engine's transactions record each event
+once; turning them into deliveries (one per webhook) is the dispatcher's work.
+"all" runs with no dispatcher, so the figure is what recording costs the engine
+(the events are expanded after the timed run, which prints the deliveries/s of
+that); "all, expanded meanwhile" runs a process beside the workers that expands
+every 50 ms, as the webhooks worker does after the kicks, so its database work
+competes with the engine's. Sending is part 2. Plain Celery chords run in the same
 rounds as the baseline.
 
 Part 2, send: ``--deliveries`` (default 2,000) pending deliveries are sent by one
@@ -100,40 +104,87 @@ def subscribe(user, count: int, url: str, events: str = "all") -> None:
 
 
 def clear_deliveries() -> None:
-    """Empty the delivery log (a DELETE: the workers' progress threads may still be writing to it)."""
-    from webhooks.models import Delivery
+    """Empty the delivery log and the recorded events (DELETEs: the workers' progress threads may still write)."""
+    from webhooks.models import Delivery, RecordedEvent
 
-    time.sleep(0.5)  # the last coalesced flow progress (every 250 ms) is written
+    time.sleep(0.5)  # the last coalesced flow progress (every 250 ms) is recorded
+    RecordedEvent.objects.all()._raw_delete(RecordedEvent.objects.db)
     Delivery.objects.all()._raw_delete(Delivery.objects.db)
 
 
-def part_cost(user, *, repeat: int, webhooks: int, url: str, log_dir: Path) -> dict:
+EXPAND_EVERY = 0.05  # seconds: the kicks' pace (webhooks.recording.KICK_INTERVAL_SECONDS)
+
+
+def expand_loop() -> None:
+    """``--expand-loop``: turn recorded events into deliveries every ``EXPAND_EVERY`` s, as the dispatcher does."""
+    import django
+
+    django.setup()
+    from webhooks.recording import expand_events
+
+    while True:
+        expand_events()
+        time.sleep(EXPAND_EVERY)
+
+
+def start_expander(log_dir: Path) -> subprocess.Popen:
+    logfile = open(log_dir / "expander.log", "w")
+    process = subprocess.Popen([bf.PYTHON, __file__, "--expand-loop"], cwd=ROOT, env=bf.service_env(),
+                               stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True)
+    logfile.close()
+    return process
+
+
+def part_cost(user, *, repeat: int, webhooks: int, url: str, log_dir: Path, modes: list[str]) -> dict:
     from django.conf import settings
 
-    from webhooks.models import Delivery
+    from webhooks.models import Delivery, RecordedEvent
+    from webhooks.recording import expand_events
 
     rows: dict[str, dict[str, list[bf.Measurement]]] = {}
 
-    def record(mode: str, shape: str, measurement: bf.Measurement, deliveries: int | None = None) -> None:
+    def record(mode: str, shape: str, measurement: bf.Measurement, extra: str = "") -> None:
         rows.setdefault(mode, {}).setdefault(shape, []).append(measurement)
-        extra = f", {deliveries / measurement.jobs:.1f} deliveries/job" if deliveries is not None else ""
-        log(f"  {shape:5s} {mode:16s} {bf.describe(measurement)}{extra}")
+        log(f"  {shape:5s} {mode:28s} {bf.describe(measurement)}{extra}")
 
     settings.FLOWSITE_EVENTS = False
     workers = bf.start_workers(count=2, concurrency=1, log_dir=log_dir, label="webhooks-cost", FLOWSITE_EVENTS="0")
-    modes = [("0 webhooks", 0, ""), (f"{webhooks} x completed", webhooks, "completed"),
-             (f"{webhooks} x all", webhooks, "all")]
+    chosen = modes
+    modes = [("0 webhooks", 0, "", False)] + [
+        mode for key, mode in (
+            ("completed", (f"{webhooks} x completed", webhooks, "completed", False)),
+            ("all", (f"{webhooks} x all", webhooks, "all", False)),
+            ("expanded", (f"{webhooks} x all, expanded meanwhile", webhooks, "all", True)),
+        ) if key in chosen
+    ]
     try:
         subscribe(user, 0, url)
         bf.warm_up(user)
         for index in range(repeat):
             log(f"cost round {index + 1}/{repeat}")
-            for mode, count, events in modes:
+            for mode, count, events, expanding in modes:
                 subscribe(user, count, url, events)
                 for shape in ("A", "B2000"):
                     clear_deliveries()  # before run_tracked's TRUNCATE of the flows, which waits for nobody
-                    measurement = bf.run_tracked(shape, user)
-                    record(mode, shape, measurement, Delivery.objects.count() if count else None)
+                    expander = start_expander(log_dir) if expanding else None
+                    try:
+                        measurement = bf.run_tracked(shape, user)
+                    finally:
+                        if expander is not None:
+                            bf.stop_process_group(expander)
+                    extra = ""
+                    if count:
+                        time.sleep(0.5)  # the last coalesced flow progress
+                        recorded = RecordedEvent.objects.count()
+                        started = time.perf_counter()
+                        expanded = expand_events()
+                        seconds = time.perf_counter() - started
+                        deliveries = Delivery.objects.count()
+                        extra = (f", {recorded / measurement.jobs:.2f} events/job left to expand"
+                                 f" -> {deliveries / measurement.jobs:.1f} deliveries/job"
+                                 f" ({expanded / seconds:.0f} deliveries/s expanded)" if expanded else
+                                 f", {deliveries / measurement.jobs:.1f} deliveries/job")
+                    record(mode, shape, measurement, extra)
                     if not count:
                         record("plain Celery", shape, bf.run_plain(shape))
     finally:
@@ -249,8 +300,14 @@ def main() -> None:
     parser.add_argument("--part", choices=["cost", "send", "both"], default="both")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument("--webhooks", type=int, default=10, help="active webhooks in the cost part")
+    parser.add_argument("--modes", default="completed,all,expanded",
+                        help="cost part: which of completed, all, expanded to run besides 0 webhooks")
     parser.add_argument("--deliveries", type=int, default=2000, help="deliveries sent in the send part")
+    parser.add_argument("--expand-loop", action="store_true", help=argparse.SUPPRESS)  # the cost part's expander
     args = parser.parse_args()
+    if args.expand_loop:
+        expand_loop()
+        return
 
     def terminate(signum, frame):
         raise SystemExit(128 + signum)
@@ -278,8 +335,10 @@ def main() -> None:
     log(f"bench DB {bf.DB_NAME}, Redis {bf.REDIS_URL}, logs in {log_dir}")
     out = []
     if args.part in ("cost", "both"):
-        rows = part_cost(user, repeat=args.repeat, webhooks=args.webhooks, url=url, log_dir=log_dir)
+        rows = part_cost(user, repeat=args.repeat, webhooks=args.webhooks, url=url, log_dir=log_dir,
+                         modes=args.modes.split(","))
         out.append(render_cost(rows, args.webhooks))
+        out.append(bf.render_cost_cpu(rows))
     if args.part in ("send", "both"):
         out.append(render_send(part_send(user, deliveries=args.deliveries, repeat=args.repeat, url=url,
                                          log_dir=log_dir)))

@@ -18,7 +18,7 @@ Delivery:
   another process (``manage.py submit_flow`` from a second terminal) do not (see
   README "Live events").
 
-Webhooks must not lose an event: their deliveries are written *inside* the
+Webhooks must not lose an event: the events they want are recorded *inside* the
 transaction of each change by a recorder (``add_recorder``, see "RECORDERS" below
 and ``webhooks.recording``), not from the after-commit path, and whether or not
 anybody listens here.
@@ -39,6 +39,7 @@ import asyncio
 import atexit
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -354,7 +355,8 @@ def record(events: list[Event]) -> None:
     for recorder, _, _, after_commit in _recorders:
         if recorder(events):
             transaction.on_commit(after_commit)
-    recorded_progress({event.flow_id for event in events if event.name in _PROGRESS_EVENTS})
+    # A flow's creation is no progress for the recorders: its jobs have not moved yet.
+    recorded_progress({event.flow_id for event in events if event.name in _PROGRESS_EVENTS - {FlowEvent.CREATED}})
 
 
 def recorder_sql_arms(source: str) -> list[str]:
@@ -695,14 +697,16 @@ class _Coalescer:
         self._pid = 0
 
     def touch(self, flow_ids: set[str]) -> None:
+        if self._pid == os.getpid() and all(flow_id in self._due for flow_id in flow_ids):
+            # Due already (a racy read, which is enough: the send that takes them
+            # from ``_due`` reads the flows after this change's commit).
+            return
         with self._wake:
             self._due |= flow_ids
             self._start()
             self._wake.notify()
 
     def _start(self) -> None:
-        import os
-
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
         self._pid = os.getpid()  # a forked worker process starts its own thread

@@ -10,8 +10,8 @@ class WebhooksConfig(AppConfig):
         from flows import events
         from webhooks import recording
 
-        # Deliveries are written in the transaction of each change a webhook may want.
+        # The events a webhook wants are recorded in the transaction of each change.
         events.add_recorder(
-            recording.record_deliveries, armed=recording.armed, sql_arm=recording.deliveries_sql_arm,
+            recording.record_events, armed=recording.armed, sql_arm=recording.events_sql_arm,
             after_commit=recording.kicker.kick,
         )

@@ -1,4 +1,4 @@
-"""Webhook subscriptions and their deliveries (one row per event and webhook)."""
+"""Webhook subscriptions, the events recorded for them, and their deliveries (one row per event and webhook)."""
 
 from __future__ import annotations
 
@@ -79,8 +79,9 @@ class Delivery(models.Model):
 
     # No foreign key in the database: the engine inserts deliveries in its own transactions, and
     # a webhook deleted meanwhile must not fail a job's transition (the sweep drops the orphans).
+    # No index of its own either: ``delivery_event_unique`` (webhook, seq) serves lookups by webhook.
     webhook = models.ForeignKey(
-        Webhook, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False
+        Webhook, on_delete=models.CASCADE, related_name="deliveries", db_constraint=False, db_index=False
     )
     event_id = models.CharField(max_length=100)
     event_type = models.CharField(max_length=20)
@@ -117,3 +118,31 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id} -> {self.webhook_id}"
+
+
+class RecordedEvent(models.Model):
+    """An event that some active webhook wanted when it happened, waiting to become deliveries.
+
+    Written by the change itself, in its transaction (``webhooks.recording``): one row
+    per event, however many webhooks want it. The dispatcher turns these rows into
+    one ``Delivery`` per matching webhook and deletes them, in one transaction
+    (``recording.expand_events``). The flow's owner and flowname are copied in, so a
+    flow deleted meanwhile still matches its webhooks' filters.
+    """
+
+    seq = models.BigIntegerField(primary_key=True)
+    event_type = models.CharField(max_length=20)
+    # The bits of the subscription types that receive it (``event_mask``).
+    mask = models.PositiveIntegerField()
+    flow_id = models.CharField(max_length=64)
+    queue_name = models.CharField(max_length=200, null=True, blank=True)
+    owner_id = models.BigIntegerField(null=True, blank=True)
+    flowname = models.CharField(max_length=200, null=True, blank=True)
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["seq"]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} evt_{self.seq} of flow {self.flow_id}"

@@ -1,5 +1,9 @@
 """Webhook writes (create, change, rotate, delete, test, redeliver) and the sending of deliveries.
 
+A change records each event that some active webhook wants once, in its own
+transaction (``webhooks.recording``); the dispatcher (``deliveries_dispatch``) turns
+those events into one delivery per matching webhook, then hands out what can be sent.
+
 Sending, one delivery at a time per webhook and flow:
 
 1. ``delivery_claim`` takes a pending, due delivery whose webhook is active, if no
@@ -292,7 +296,8 @@ def publish_deliver(delivery_id: int, *, countdown: float | None = None) -> None
 
 
 def deliveries_dispatch(*, sweep: bool = False) -> int:
-    """Publish a ``webhooks.deliver`` for every delivery that can be sent now; return how many.
+    """Expand the recorded events into deliveries, then publish a ``webhooks.deliver`` for every
+    delivery that can be sent now; return how many.
 
     A delivery whose message is already queued (``queued_until``) is left alone, so a
     backlog is not published over and over; duplicates would be harmless anyway (a
@@ -300,6 +305,7 @@ def deliveries_dispatch(*, sweep: bool = False) -> int:
     bounds every webhook's backlog and drops the deliveries of deleted webhooks.
     """
     recording.dispatch_started()
+    recording.expand_events()
     if sweep:
         deliveries_bound_backlog()
     now = timezone.now()
