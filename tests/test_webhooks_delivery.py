@@ -19,7 +19,7 @@ from tests.conftest import wait_for, wait_for_flow
 from tests.webhook_receiver import Reply, stop_receiver
 from tests.webhook_workers import kill, start_webhook_worker
 from webhooks import services
-from webhooks.models import Delivery, Webhook, new_secret
+from webhooks.models import Delivery, RecordedEvent, Webhook, new_secret
 from webhooks.signing import InvalidSignature, verify_signature
 
 pytestmark = pytest.mark.usefixtures("engine_db")
@@ -50,9 +50,12 @@ def tree(flowname="hooked", queue="default", children=3):
 
 
 def settled(webhook: Webhook, *, count: int | None = None, timeout: float = 30.0) -> list[Delivery]:
-    """Wait until the webhook has no pending delivery (and ``count`` of them); return them oldest first."""
+    """Wait until no event waits to become deliveries and the webhook has no pending delivery
+    (and ``count`` of them); return them oldest first."""
 
     def done():
+        if RecordedEvent.objects.exists():
+            return None
         rows = list(Delivery.objects.filter(webhook=webhook).order_by("seq", "id"))
         if any(row.status == DeliveryStatus.PENDING for row in rows):
             return None
