@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from jobs.selectors import error_payload, iso
 from jobs.vocabulary import FINAL_FLOW_STATUSES, FlowEvent, FlowStatus, JobStatus
@@ -337,10 +337,23 @@ RECORDED_JOB_COLUMNS = ("flow_id", "job_id", "queue_name", "data", "status")
 _recorders: list[tuple[Recorder, Armed, SqlArm, Callable[[], None]]] = []
 
 
-def add_recorder(recorder: Recorder, *, armed: Armed, sql_arm: SqlArm, after_commit: Callable[[], None]) -> None:
-    """Hand the events of every change to ``recorder`` inside its transaction, while ``armed``."""
+_recorder_progress_intervals: list[float] = []
+
+
+def add_recorder(
+    recorder: Recorder, *, armed: Armed, sql_arm: SqlArm, after_commit: Callable[[], None],
+    progress_interval: float | None = None,
+) -> None:
+    """Hand the events of every change to ``recorder`` inside its transaction, while ``armed``.
+
+    ``progress_interval``: while nobody listens live, the coalesced flow progress that
+    only recorders want is summed up at most this often per flow (seconds; at least
+    ``FLOW_UPDATE_INTERVAL``).
+    """
     if all(recorder is not known for known, *_ in _recorders):
         _recorders.append((recorder, armed, sql_arm, after_commit))
+        if progress_interval is not None:
+            _recorder_progress_intervals.append(progress_interval)
 
 
 def recording(name: FlowEvent | None = None, status: str | None = None) -> bool:
@@ -367,10 +380,19 @@ def recorder_sql_arms(source: str) -> list[str]:
     return [f"rec{index} AS ({sql_arm(source)})" for index, (_, _, sql_arm, _) in enumerate(_recorders)]
 
 
+def _after_commit(callback: Callable[[], None]) -> None:
+    """``transaction.on_commit``, called at once outside a transaction (the engine's autocommit
+    statements: one per job change, where Django's bookkeeping showed in profiles)."""
+    if connection.in_atomic_block:
+        transaction.on_commit(callback)
+    else:
+        callback()
+
+
 def recorded_by_sql(flow_id: str) -> None:
     """After a statement whose recorder arms wrote records of a job change of ``flow_id``."""
     for *_, after_commit in _recorders:
-        transaction.on_commit(after_commit)
+        _after_commit(after_commit)
     recorded_progress({flow_id})
 
 
@@ -381,7 +403,7 @@ def recorded_progress(flow_ids: set[str]) -> None:
     events were recorded says so here.
     """
     if flow_ids and not live() and recording(FlowEvent.PROGRESS):
-        transaction.on_commit(lambda: _coalescer.touch(set(flow_ids)))
+        _after_commit(lambda: _coalescer.touch(flow_ids))
 
 
 def _send_to_channel_layer(events: list[Event]) -> None:
@@ -675,7 +697,9 @@ class Outbox:
 # COALESCED FLOW PROGRESS
 # ------------------------------------------------------------------------------
 # At most one ``flow:updated`` (+ ``flow:progress``) per flow every
-# ``FLOW_UPDATE_INTERVAL``, and always one after the last change.
+# ``FLOW_UPDATE_INTERVAL``, and always one after the last change. While nobody
+# listens live and only recorders want the progress, at most one per the recorders'
+# ``progress_interval`` (``_progress_interval``).
 FLOW_UPDATE_INTERVAL = 0.25
 
 
@@ -731,14 +755,14 @@ class _Coalescer:
                 connections.close_all()  # back to the pool: an idle thread holds no connection
             with self._wake:
                 self._due |= later
-            time.sleep(FLOW_UPDATE_INTERVAL)
+            time.sleep(_progress_interval())
 
     def send(self, flow_ids: set[str]) -> set[str]:
         """Send the progress of these flows now; return those to try again later."""
         flow_ids = _interested(flow_ids)
         later = set()
         if not settings.EMBEDDED and flow_ids:
-            flow_ids, later = _claim_turns(flow_ids)
+            flow_ids, later = _claim_turns(flow_ids, _progress_interval())
         if flow_ids:
             publish_now(flow_progress_events(flow_ids))
         return later
@@ -820,13 +844,21 @@ def _listened(flow_ids: set[str]) -> set[str]:
     return {flow_id for flow_id, names in groups.items() if listening.intersection(names)}
 
 
-def _claim_turns(flow_ids: set[str]) -> tuple[set[str], set[str]]:
+def _progress_interval() -> float:
+    """How often a flow's progress is summed up: ``FLOW_UPDATE_INTERVAL`` while anybody listens
+    live, else as often as the recorders that want it ask (webhooks: ``FLOWSITE_WEBHOOK_PROGRESS_INTERVAL``)."""
+    if live() or not _recorder_progress_intervals:
+        return FLOW_UPDATE_INTERVAL
+    return max(FLOW_UPDATE_INTERVAL, *_recorder_progress_intervals)
+
+
+def _claim_turns(flow_ids: set[str], interval: float) -> tuple[set[str], set[str]]:
     """Split flows into those this process may update now and those updated elsewhere just now."""
     publisher = _get_publisher()
     pipe = publisher.client.pipeline(transaction=False)
     ordered = sorted(flow_ids)
     for flow_id in ordered:
-        pipe.set(f"{publisher.prefix}:flow-update-turn:{flow_id}", 1, nx=True, px=int(FLOW_UPDATE_INTERVAL * 1000))
+        pipe.set(f"{publisher.prefix}:flow-update-turn:{flow_id}", 1, nx=True, px=int(interval * 1000))
     claimed = pipe.execute()
     mine = {flow_id for flow_id, ok in zip(ordered, claimed) if ok}
     return mine, flow_ids - mine

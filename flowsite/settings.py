@@ -395,6 +395,9 @@ if any(delay < 0 for delay in FLOWSITE_WEBHOOK_RETRY_DELAYS):
     raise ImproperlyConfigured("FLOWSITE_WEBHOOK_RETRY_DELAYS must not be negative.")
 FLOWSITE_WEBHOOK_MAX_PENDING = env_int("FLOWSITE_WEBHOOK_MAX_PENDING", 10_000, minimum=1)
 FLOWSITE_WEBHOOK_ALLOW_PRIVATE = env_bool("FLOWSITE_WEBHOOK_ALLOW_PRIVATE", False)
+# A flow's progress summary (``progress`` deliveries) is sent at most this often per flow
+# while nobody watches it live (live watchers get one every 250 ms, and so do webhooks then).
+FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS = env_int("FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS", 1000, minimum=250)
 
 # REST FRAMEWORK
 # ------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def rows(webhook: Webhook) -> list[Delivery]:
 def quiet_at_the_end():
     """Let the workers' last coalesced flow progress be recorded before the database is flushed.
 
-    It is recorded 250 ms after a flow's last change; a flush (TRUNCATE of every
+    It is recorded up to ``FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS`` after a flow's last change; a flush (TRUNCATE of every
     table) that meets that transaction midway can deadlock with it.
     """
     yield
@@ -62,10 +62,12 @@ def quiet_at_the_end():
 
 
 def recorded_when_settled() -> int:
-    """How many events are recorded, once the flows' coalesced progress (250 ms after) has come too."""
+    """How many events are recorded, once the flows' coalesced progress (up to one interval after) has come too."""
+    from django.conf import settings
+
     def steady():
         before = RecordedEvent.objects.count()
-        time.sleep(0.6)
+        time.sleep(settings.FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS / 1000 + 0.35)
         return (before,) if RecordedEvent.objects.count() == before else None
 
     return wait_for(steady, message="the recorded events to settle")[0]
@@ -219,3 +221,20 @@ def test_concurrent_expansions_write_each_delivery_once_in_order(user):
         assert len(written) == events and len({row.seq for row in written}) == events
         # Written in event order: ids follow the numbers.
         assert [row.pk for row in written] == sorted(row.pk for row in written)
+
+
+def test_a_flows_progress_summary_comes_at_most_once_per_interval_while_nobody_watches(user, settings):
+    made = hooks(user, progress={"events": [WebhookEvent.PROGRESS]})
+    node = {"name": "test-sleep", "queueName": "default", "data": {"ms": 400}}
+    for _ in range(5):  # a chain: one job after another, each a change of the flow's progress
+        node = {"name": "test-sleep", "queueName": "default", "data": {"ms": 400}, "children": [node]}
+    flow = wait_for_flow(flow_create(owner=user, spec={"flowname": "chain", **node}), timeout=60)
+    recorded_when_settled()
+
+    summaries = [row for row in rows(made["progress"]) if "jobId" not in row.data]
+    interval = settings.FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS / 1000
+    assert len(summaries) >= 2  # the flow ran for about 2.4 s
+    gaps = [(later.created_at - earlier.created_at).total_seconds() for earlier, later in zip(summaries, summaries[1:])]
+    assert min(gaps) >= 0.75 * interval, gaps  # not every 250 ms: nobody watches live
+    assert summaries[-1].data["status"] == FlowStatus.COMPLETED and summaries[-1].data["progress"]["completed"] == 6
+    assert flow.status == FlowStatus.COMPLETED

@@ -7,6 +7,8 @@ class WebhooksConfig(AppConfig):
     name = "webhooks"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from flows import events
         from webhooks import recording
 
@@ -14,4 +16,5 @@ class WebhooksConfig(AppConfig):
         events.add_recorder(
             recording.record_events, armed=recording.armed, sql_arm=recording.events_sql_arm,
             after_commit=recording.kicker.kick,
+            progress_interval=settings.FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS / 1000,
         )

@@ -41,8 +41,9 @@ So creating (or re-activating) a webhook waits ``ARM_BARRIER_SECONDS`` after its
 commit before it answers: every change that begins after ``POST /api/webhooks``
 returned is delivered. Changes already under way at that moment may or may not be.
 Flow progress is coalesced like the live events' (at most one ``progress`` delivery
-per flow every 250 ms, after the changes it sums up); a process that dies in
-between loses that one summary, not the job events it sums up.
+per flow every ``FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS`` while nobody watches live,
+every 250 ms while somebody does, and always one after the last change); a process
+that dies in between loses that one summary, not the job events it sums up.
 """
 
 from __future__ import annotations
