@@ -846,7 +846,7 @@ def _listened(flow_ids: set[str]) -> set[str]:
 
 def _progress_interval() -> float:
     """How often a flow's progress is summed up: ``FLOW_UPDATE_INTERVAL`` while anybody listens
-    live, else as often as the recorders that want it ask (webhooks: ``FLOWSITE_WEBHOOK_PROGRESS_INTERVAL``)."""
+    live, else as often as the recorders that want it ask (webhooks: ``FLOWSITE_WEBHOOK_PROGRESS_INTERVAL_MS``)."""
     if live() or not _recorder_progress_intervals:
         return FLOW_UPDATE_INTERVAL
     return max(FLOW_UPDATE_INTERVAL, *_recorder_progress_intervals)

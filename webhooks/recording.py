@@ -59,8 +59,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from flows.events import Event
-from flowsite.db import prepared_cursor
 from flows.models import Flow
+from flowsite.db import prepared_cursor
 from jobs.models import Job
 from jobs.vocabulary import (
     WEBHOOK_DISPATCH_TASK,
