@@ -17,7 +17,7 @@ from flows.services import flow_create
 from jobs.vocabulary import DeliveryStatus, FlowStatus, JobStatus, WebhookEvent
 from tests.conftest import wait_for, wait_for_flow
 from tests.webhook_receiver import Reply, stop_receiver
-from tests.webhook_workers import kill, start_webhook_worker
+from tests.webhook_workers import kill, start_webhook_worker, webhook_worker_running
 from webhooks import services
 from webhooks.models import Delivery, RecordedEvent, Webhook, new_secret
 from webhooks.signing import InvalidSignature, verify_signature
@@ -27,9 +27,8 @@ pytestmark = pytest.mark.usefixtures("engine_db")
 
 @pytest.fixture(scope="module")
 def webhook_worker(celery_workers):
-    process = start_webhook_worker("webhooks-test", allow_private=True)
-    yield process
-    kill(process)
+    with webhook_worker_running("webhooks-test", allow_private=True) as process:
+        yield process
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from jobs.vocabulary import WEBHOOK_QUEUE, DeliveryStatus, WebhookEvent
 from tests.conftest import wait_for
-from tests.webhook_workers import kill, start_webhook_worker
+from tests.webhook_workers import webhook_worker_running
 from webhooks.models import Delivery, Webhook, event_mask
 from webhooks.tasks import dispatch
 
@@ -21,9 +21,8 @@ pytestmark = pytest.mark.usefixtures("engine_db")
 
 @pytest.fixture(scope="module")
 def guarded_worker(celery_workers):
-    process = start_webhook_worker("webhooks-guarded", allow_private=False)
-    yield process
-    kill(process)
+    with webhook_worker_running("webhooks-guarded", allow_private=False) as process:
+        yield process
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.conf import settings
 from django.db import connection
@@ -49,3 +51,13 @@ def kill(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+@contextmanager
+def webhook_worker_running(name: str, *, allow_private: bool) -> Iterator[subprocess.Popen]:
+    """``start_webhook_worker`` for the length of a ``with`` block (a module's fixture)."""
+    process = start_webhook_worker(name, allow_private=allow_private)
+    try:
+        yield process
+    finally:
+        kill(process)
